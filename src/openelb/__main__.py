@@ -1,0 +1,3 @@
+from openelb.cli import main
+
+main()

@@ -1,0 +1,136 @@
+"""An asyncio informer on lightkube: list, then watch from the list's resourceVersion.
+
+lightkube has no informer and its watch has no read timeout, so this adds what client-go's
+reflector does: a full relist on 410 Gone or any watch error (with the diff emitted as changes, so
+deletions in the gap are not missed), a watchdog per event, and a periodic resync. Consumers get
+only *keys* through `on_change` and read objects from `store`: level-triggered by construction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Generic, TypeVar
+
+from lightkube import AsyncClient
+from lightkube.core.exceptions import ApiError
+from lightkube.core.resource import NamespacedResource
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def object_key(obj: Any) -> str:
+    """`namespace/name`, or `name` for cluster-scoped objects."""
+    md = obj.metadata
+    return f"{md.namespace}/{md.name}" if md.namespace else str(md.name)
+
+
+class Informer(Generic[T]):
+    def __init__(
+        self,
+        client: AsyncClient,
+        resource: type[T],
+        on_change: Callable[[str], None],
+        *,
+        namespace: str | None = "*",
+        fields: dict[str, str] | None = None,
+        labels: dict[str, Any] | None = None,
+        watch_timeout: int = 290,
+        resync_period: float | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.client = client
+        self.resource = resource
+        self.on_change = on_change
+        self.namespace = namespace
+        self.fields = fields
+        self.labels = labels
+        self.watch_timeout = watch_timeout
+        self.resync_period = resync_period
+        self.name = name or getattr(resource, "__name__", "resource")
+        self.store: dict[str, T] = {}
+        self.synced = asyncio.Event()
+        self.relists = 0
+
+    def _scope(self) -> dict[str, Any]:
+        scope: dict[str, Any] = {"fields": self.fields, "labels": self.labels}
+        if issubclass(self.resource, NamespacedResource):
+            scope["namespace"] = self.namespace
+        return scope
+
+    async def _relist(self) -> str:
+        res: Any = self.resource  # lightkube's overloads want a concrete resource class
+        listing = self.client.list(res, chunk_size=500, **self._scope())
+        fresh: dict[str, T] = {}
+        async for obj in listing:
+            fresh[object_key(obj)] = obj
+        rv: str = listing.resourceVersion
+        old = self.store
+        self.store = fresh
+        self.relists += 1
+        for key in old.keys() - fresh.keys():
+            self.on_change(key)
+        for key, obj in fresh.items():
+            prev = old.get(key)
+            if prev is None or _rv(prev) != _rv(obj):
+                self.on_change(key)
+        self.synced.set()
+        return rv
+
+    async def _events(self, rv: str) -> AsyncIterator[tuple[str, T]]:
+        timeout = self.watch_timeout + random.randint(0, 30)  # noqa: S311 - jitter, not crypto
+        res: Any = self.resource
+        stream = self.client.watch(res, resource_version=rv, server_timeout=timeout, **self._scope())
+        iterator: Any = stream.__aiter__()
+        try:
+            while True:
+                # lightkube sets no read timeout on watches: a silent connection must not hang us.
+                event, obj = await asyncio.wait_for(iterator.__anext__(), timeout + 30)
+                yield event, obj
+        finally:
+            await iterator.aclose()
+
+    async def run(self) -> None:
+        """Run until cancelled; never raises on API errors (they are logged and retried)."""
+        backoff = 0.2
+        resync = asyncio.create_task(self._resync_loop()) if self.resync_period else None
+        try:
+            while True:
+                try:
+                    rv = await self._relist()
+                    backoff = 0.2
+                    async for event, obj in self._events(rv):
+                        if event == "BOOKMARK":
+                            continue
+                        key = object_key(obj)
+                        if event == "DELETED":
+                            self.store.pop(key, None)
+                        else:
+                            self.store[key] = obj
+                        self.on_change(key)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    gone = isinstance(exc, ApiError) and exc.status.code == 410
+                    if not gone:
+                        log.warning("%s informer: %s; relisting in %.1fs", self.name, exc or type(exc), backoff)
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, 10.0)
+        finally:
+            if resync:
+                resync.cancel()
+
+    async def _resync_loop(self) -> None:
+        assert self.resync_period
+        while True:
+            await asyncio.sleep(self.resync_period)
+            for key in list(self.store):
+                self.on_change(key)
+
+
+def _rv(obj: Any) -> str | None:
+    return obj.metadata.resourceVersion  # type: ignore[no-any-return]

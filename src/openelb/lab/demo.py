@@ -1,0 +1,58 @@
+"""The README's main job, for now: two kubia pods behind a NodePort, curled from the client host."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from openelb.kube.client import sync_client
+from openelb.lab import binaries, workloads
+from openelb.lab.components import Paths
+from openelb.lab.lab import LabError, Progress, load_plan, state_dir
+
+
+def run(namespace: str = "demo") -> int:
+    say = Progress()
+    paths = Paths(state_dir())
+    plan = load_plan(paths)
+    if plan is None:
+        raise LabError("the lab is not up (run: openelb lab up)")
+    client = sync_client(paths.kubeconfig("admin"), field_manager="openelb-demo")
+    say(f"creating namespace {namespace}, Deployment kubia (2 replicas) and NodePort Service kubia")
+    workloads.ensure_namespace(client, namespace)
+    workloads.apply(
+        client,
+        workloads.kubia_deployment("kubia", namespace),
+        workloads.service("kubia", namespace, "kubia"),
+    )
+    say("waiting for both pods to be Ready in the Service's EndpointSlices")
+    workloads.poll(
+        "2 ready endpoints",
+        lambda: len(workloads.ready_endpoints(client, namespace, "kubia").get("IPv4", [])) == 2,
+        120,
+    )
+    port = workloads.node_port(client, namespace, "kubia")
+    kubectl = str(binaries.ensure(build=False) / "kubectl")
+    kc = f"--kubeconfig={paths.kubeconfig('admin')}"
+    for what in (["get", "nodes", "-o", "wide"], ["-n", namespace, "get", "pods,svc", "-o", "wide"]):
+        print(f"$ kubectl {' '.join(what)}", flush=True)
+        subprocess.run([kubectl, kc, *what], check=False)
+    names: set[str] = set()
+    for node in plan.nodes:
+        for addr in (node.lan_v4, node.lan_v6):
+            assert addr is not None
+            target = workloads.url(addr, port)
+            seen = workloads.collect_pod_names(plan.client.netns, target, expected=2)
+            print(f"$ curl {target}   (from the client host, through {node.name})")
+            for name in dict.fromkeys(seen):
+                print(f"You've hit {name}")
+            names.update(seen)
+    if len(names) < 2:
+        print(f"demo FAILED: only {sorted(names)} answered; see {paths.state / 'logs'}", file=sys.stderr)
+        return 1
+    say(f"demo done: both pods answered through every node: {', '.join(sorted(names))}")
+    print(
+        f"\nThe lab stays up: `openelb lab exec client -- curl {workloads.url(plan.nodes[0].lan_v4 or '', port)}`, "
+        "`openelb lab status`, `openelb lab down` when finished."
+    )
+    return 0

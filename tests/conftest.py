@@ -1,0 +1,52 @@
+"""Shared fixtures: the lab is brought up once per test run and torn down at the end."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from openelb.lab import binaries, lab
+from openelb.lab.components import Paths
+from openelb.lab.plan import LabPlan
+
+
+def _lab_capability() -> str | None:
+    """Why the lab cannot run here, or None. Only truly absent capabilities count."""
+    if os.geteuid() != 0:
+        return "lab tests need root (network namespaces); run scripts/test as root"
+    if shutil.which("ip") is None or shutil.which("nft") is None:
+        return "iproute2/nftables missing: run scripts/setup"
+    probe = subprocess.run(["ip", "netns", "add", "olab-probe"], capture_output=True, text=True, check=False)
+    if probe.returncode != 0:
+        return f"cannot create network namespaces here: {probe.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", "olab-probe"], check=False)
+    return None
+
+
+@pytest.fixture(scope="session")
+def lab_plan() -> Iterator[LabPlan]:
+    why = _lab_capability()
+    if why:
+        pytest.skip(why)
+    if binaries.find() is None:
+        # Built by scripts/setup; building here too keeps `pytest` alone working on a fresh clone.
+        binaries.ensure(build=True)
+    was_up = lab.is_healthy(Paths(lab.state_dir()))
+    plan = lab.up(3)
+    try:
+        yield plan
+    finally:
+        # A lab the user had running is left alone; ours is removed (test_zz_down may have done it).
+        if not was_up and lab.load_plan(Paths(lab.state_dir())) is not None:
+            lab.down(quiet=True)
+
+
+@pytest.fixture(scope="session")
+def kube(lab_plan: LabPlan):  # type: ignore[no-untyped-def]
+    from openelb.kube.client import sync_client
+
+    return sync_client(Paths(lab.state_dir()).kubeconfig("admin"), field_manager="openelb-tests")

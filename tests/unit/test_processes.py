@@ -1,0 +1,33 @@
+import sys
+import time
+from pathlib import Path
+
+from openelb.lab import processes
+
+
+def test_start_records_and_stop_kills_the_process_group(tmp_path: Path) -> None:
+    d = processes.start(tmp_path, "sleeper", [sys.executable, "-c", "import time; print('hi', flush=True); time.sleep(60)"])
+    assert processes.is_running(d)
+    deadline = time.monotonic() + 10
+    while "hi" not in d.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [r.name for r in processes.recorded(tmp_path)] == ["sleeper"]
+    assert processes.stop(tmp_path, d, timeout=5)
+    assert not processes.is_running(d)
+    assert processes.recorded(tmp_path) == []
+    assert "hi" in d.log.read_text()  # the log survives the process
+
+
+def test_a_recycled_pid_running_something_else_is_not_ours(tmp_path: Path) -> None:
+    d = processes.start(tmp_path, "sleeper", [sys.executable, "-c", "import time; time.sleep(60)"])
+    impostor = processes.Daemon("x", d.pid, ("/usr/bin/definitely-not-this",), d.log)
+    assert not processes.is_running(impostor)
+    processes.stop(tmp_path, d)
+
+
+def test_stopping_a_dead_process_is_harmless(tmp_path: Path) -> None:
+    d = processes.start(tmp_path, "quick", [sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 10
+    while processes.is_running(d) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not processes.stop(tmp_path, d)
