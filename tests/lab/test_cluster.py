@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import uuid
 
 import pytest
@@ -56,15 +57,15 @@ def test_three_nodes_are_ready_with_dual_stack_addresses(kube: Client, lab_plan:
 def test_deployment_pods_run_on_distinct_nodes_and_nodeport_balances(
     kube: Client, lab_plan: LabPlan, namespace: str
 ) -> None:
-    workloads.apply(
-        kube, workloads.kubia_deployment("web", namespace), workloads.service("web", namespace, "web")
-    )
+    workloads.apply(kube, workloads.kubia_deployment("web", namespace), workloads.service("web", namespace, "web"))
     eps = workloads.poll(
         "two ready endpoints per family",
-        lambda: (e := workloads.ready_endpoints(kube, namespace, "web"))
-        and len(e.get("IPv4", [])) == 2
-        and len(e.get("IPv6", [])) == 2
-        and e,
+        lambda: (
+            (e := workloads.ready_endpoints(kube, namespace, "web"))
+            and len(e.get("IPv4", [])) == 2
+            and len(e.get("IPv6", [])) == 2
+            and e
+        ),
         120,
     )
     pods = [p for p in kube.list(Pod, namespace=namespace) if p.status and p.status.phase == "Running"]
@@ -90,7 +91,10 @@ def test_pod_gets_a_sandbox_and_deletion_removes_it(kube: Client, lab_plan: LabP
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {"name": "solo", "namespace": namespace, "labels": {"app": "solo"}},
-            "spec": {"nodeName": "node-2", "containers": [{"name": "c", "image": "any", "ports": [{"containerPort": 9000}]}]},
+            "spec": {
+                "nodeName": "node-2",
+                "containers": [{"name": "c", "image": "any", "ports": [{"containerPort": 9000}]}],
+            },
         },
     )
     pod = workloads.poll(
@@ -107,14 +111,18 @@ def test_pod_gets_a_sandbox_and_deletion_removes_it(kube: Client, lab_plan: LabP
     body = workloads.http_get(lab_plan.nodes[0].netns, workloads.url(pod.status.podIP, 9000))
     assert body.strip() == "You've hit solo"
     kube.delete(Pod, "solo", namespace=namespace)
-    workloads.poll("pod gone", lambda: not any(p.metadata.name == "solo" for p in kube.list(Pod, namespace=namespace)), 60)
+    workloads.poll(
+        "pod gone", lambda: not any(p.metadata.name == "solo" for p in kube.list(Pod, namespace=namespace)), 60
+    )
     workloads.poll("sandbox removed", lambda: sandbox_ns not in netns.list_netns(), 30)
 
 
 def test_lab_exec_and_status(lab_plan: LabPlan) -> None:
     out = subprocess.run(
-        ["python", "-m", "openelb", "lab", "exec", "client", "--", "ip", "-o", "addr", "show", "dev", "eth0"],
-        capture_output=True, text=True, check=True,
+        [sys.executable, "-m", "openelb", "lab", "exec", "client", "--", "ip", "-o", "addr", "show", "dev", "eth0"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "198.18.0.100/24" in out and "2001:db8:0:1::100/64" in out
     st = lab.status()

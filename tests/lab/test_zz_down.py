@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -23,10 +24,34 @@ def test_down_leaves_no_namespace_process_link_or_file(lab_plan: LabPlan) -> Non
     assert not paths.state.exists()
     for d in daemons:
         assert not processes.is_running(d), d.name
-    leftovers = subprocess.run(
-        ["pgrep", "-f", "kube-apiserver|kube-controller-manager|kube-scheduler|kube-proxy|openelb lab agent|etcd --name=openelb-lab"],
-        capture_output=True, text=True, check=False,
-    ).stdout
-    assert leftovers.strip() == ""
+    assert _live_lab_processes() == []
     # and down is idempotent
     lab.down(quiet=True)
+
+
+PATTERN = "|".join(
+    (
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kube-proxy",
+        "openelb lab agent",
+        "openelb.lab.podserver",
+        "etcd --name=openelb-lab",
+    )
+)
+
+
+def _live_lab_processes() -> list[str]:
+    """Lab processes still alive (zombies awaiting their reaper are dead and do not count)."""
+    pids = subprocess.run(["pgrep", "-f", PATTERN], capture_output=True, text=True, check=False).stdout.split()
+    live = []
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        if stat.rsplit(")", 1)[-1].split()[0] != "Z":
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            live.append(f"{pid}: {cmdline[:200]!r}")
+    return live

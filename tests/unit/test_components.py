@@ -28,8 +28,14 @@ def test_apiserver_is_dual_stack_tls_rbac_with_sa_issuer() -> None:
 def test_controller_manager_runs_what_the_lab_needs_and_no_node_lifecycle() -> None:
     f = _flags(components.controller_manager(BINS, make_plan(), PATHS))
     ctrls = f["controllers"].split(",")
-    for needed in ("deployment-controller", "replicaset-controller", "endpointslice-controller",
-                   "serviceaccount-controller", "garbage-collector-controller", "namespace-controller"):
+    for needed in (
+        "deployment-controller",
+        "replicaset-controller",
+        "endpointslice-controller",
+        "serviceaccount-controller",
+        "garbage-collector-controller",
+        "namespace-controller",
+    ):
         assert needed in ctrls
     assert not any("node-lifecycle" in c for c in ctrls)
     assert f["leader-elect"] == "false"

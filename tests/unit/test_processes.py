@@ -6,7 +6,9 @@ from openelb.lab import processes
 
 
 def test_start_records_and_stop_kills_the_process_group(tmp_path: Path) -> None:
-    d = processes.start(tmp_path, "sleeper", [sys.executable, "-c", "import time; print('hi', flush=True); time.sleep(60)"])
+    d = processes.start(
+        tmp_path, "sleeper", [sys.executable, "-c", "import time; print('hi', flush=True); time.sleep(60)"]
+    )
     assert processes.is_running(d)
     deadline = time.monotonic() + 10
     while "hi" not in d.log.read_text() and time.monotonic() < deadline:

@@ -33,7 +33,8 @@ OUT="$CACHE/$K8S_VERSION"
 if has_all "$OUT"; then say "using cached binaries in $OUT"; echo "$OUT"; exit 0; fi
 
 command -v go >/dev/null || die "Go is not installed; install Go >= 1.25 (or set KUBEBUILDER_ASSETS to a directory with ${ALL[*]})."
-avail_kb=$(df -Pk "$(dirname "$CACHE")" 2>/dev/null | awk 'NR==2{print $4}' || echo 0)
+probe="$CACHE"; while [[ ! -d "$probe" ]]; do probe=$(dirname "$probe"); done
+avail_kb=$(df -Pk "$probe" | awk 'NR==2{print $4}')
 (( avail_kb > 6000000 )) || say "WARNING: less than 6 GB free near $CACHE; the build needs about 5 GB of Go caches."
 
 export CGO_ENABLED=0 GOTOOLCHAIN="${GOTOOLCHAIN:-local}" GOFLAGS="${GOFLAGS:-}"

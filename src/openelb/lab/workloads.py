@@ -132,10 +132,15 @@ def url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
-def collect_pod_names(netns_name: str, target: str, expected: int, attempts: int = 60) -> list[str]:
-    """Request `target` repeatedly until `expected` distinct pods answered; returns the answers seen."""
+def collect_pod_names(netns_name: str, target: str, expected: int, timeout: float = 20) -> list[str]:
+    """Request `target` until `expected` distinct pods answered or `timeout` passed; the answers seen.
+
+    kube-proxy applies endpoint changes on its own sync period, so a Service whose EndpointSlices
+    are complete may still reach a subset of its pods for a moment: keep asking for a bounded time.
+    """
     seen: list[str] = []
-    for _ in range(attempts):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         try:
             body = http_get(netns_name, target).strip()
         except netns.LabCommandError:
@@ -145,4 +150,5 @@ def collect_pod_names(netns_name: str, target: str, expected: int, attempts: int
             seen.append(body.removeprefix("You've hit "))
             if len(set(seen)) >= expected:
                 break
+        time.sleep(0.05)
     return seen
