@@ -1,0 +1,38 @@
+"""Every annotation, label, finalizer and name that OpenELB v0.6 users and manifests rely on.
+
+Kept verbatim so existing manifests and Go-OpenELB-written objects keep working unchanged.
+"""
+
+from __future__ import annotations
+
+GROUP = "network.kubesphere.io"
+VERSION = "v1alpha2"
+LEGACY_VERSION = "v1alpha1"
+
+# Service opt-in and requests
+ANNOTATION_LB = "lb.kubesphere.io/v1alpha1"
+LB_VALUE = "openelb"
+ANNOTATION_POOL = "eip.openelb.kubesphere.io/v1alpha2"
+"""On a Service: the Eip to allocate from. As a label: the Eip the controller allocated from."""
+ANNOTATION_IP = "eip.openelb.kubesphere.io/v1alpha1"
+"""A specific IP (or `v4,v6` for dual-stack); overrides spec.loadBalancerIP."""
+ANNOTATION_DEFAULT_EIP = "eip.openelb.kubesphere.io/is-default-eip"
+ANNOTATION_SHARE_KEY = "lb.kubesphere.io/share-key"
+"""New: Services with the same key may share an IP when their ports do not overlap."""
+ANNOTATION_LEGACY_PROTOCOL = "protocol.openelb.kubesphere.io/v1alpha1"
+"""Accepted and ignored: the protocol comes from the Eip since v0.6."""
+ANNOTATION_LAYER2_ANNOUNCER = "layer2.openelb.kubesphere.io/v1alpha1"
+
+LABEL_POOL = ANNOTATION_POOL
+LABEL_RACK = "openelb.kubesphere.io/rack"
+LABEL_CNI = "openelb.kubesphere.io/cni"
+
+FINALIZER_SERVICE = "finalizer.lb.kubesphere.io/v1alpha1"
+FINALIZER_EIP = "finalizer.ipam.kubesphere.io/v1alpha1"
+
+DEFAULT_LB_CLASS = "openelb.kubesphere.io/lb"
+DEFAULT_NAMESPACE = "openelb-system"
+LEADER_LEASE = "openelb-controller"
+
+CONTROLLER_COMPONENT = "OpenELBController"
+EIP_COMPONENT = "EIPController"
