@@ -28,7 +28,7 @@ def alloc(*pools: Pool) -> Allocator:
 
 
 def req(key: str = "ns/a", **kw) -> Request:  # type: ignore[no-untyped-def]
-    kw.setdefault("namespace", key.split("/")[0])
+    kw.setdefault("namespace", key.split("/", maxsplit=1)[0])
     if "ips" in kw:
         kw["ips"] = tuple(ip(x) for x in kw["ips"])
     return Request(key=key, **kw)

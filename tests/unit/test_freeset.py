@@ -1,3 +1,5 @@
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -41,4 +43,4 @@ def test_matches_a_plain_set(ops: list[tuple[bool, int]]) -> None:
         assert fs.lowest() == (free[0] if free else None)
         assert all(fs.is_free(x) == (x not in used) for x in range(64))
         ivs = fs.intervals()
-        assert all(a[1] + 1 < b[0] for a, b in zip(ivs, ivs[1:]))  # disjoint and merged
+        assert all(a[1] + 1 < b[0] for a, b in itertools.pairwise(ivs))  # disjoint and merged
