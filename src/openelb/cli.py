@@ -29,6 +29,45 @@ def _lab_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     agent.add_argument("--node", required=True)
 
 
+def _controller_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from openelb.api import names
+
+    c = sub.add_parser("controller", help="IPAM controller, admission webhook and metrics")
+    c.add_argument("--kubeconfig", help="default: $KUBECONFIG, then the in-cluster service account")
+    c.add_argument("--namespace", help="namespace of the leader Lease and webhook Secret (env OPENELB_NAMESPACE)")
+    c.add_argument("--lb-class", default=names.DEFAULT_LB_CLASS, help="spec.loadBalancerClass served")
+    c.add_argument(
+        "--serve-unannotated",
+        action="store_true",
+        help="also serve LoadBalancer Services with neither class nor OpenELB annotation",
+    )
+    c.add_argument("--leader-elect", default="true", choices=("true", "false"))
+    c.add_argument("--metrics-addr", default="0.0.0.0:50052")
+    c.add_argument("--webhook-addr", default="0.0.0.0:9443", help="empty to disable the webhook")
+    c.add_argument("--webhook-ip", action="append", default=[], help="extra IP SAN for the webhook certificate")
+    c.add_argument("--workers", type=int, default=4)
+    sub.add_parser("crds", help="print the CustomResourceDefinitions (YAML)")
+
+
+def _run_controller(args: argparse.Namespace) -> int:
+    from openelb.controller.main import ControllerOptions, main
+
+    opts = ControllerOptions(
+        kubeconfig=args.kubeconfig,
+        lb_class=args.lb_class,
+        serve_unannotated=args.serve_unannotated,
+        leader_elect=args.leader_elect == "true",
+        metrics_addr=args.metrics_addr,
+        webhook_addr=args.webhook_addr,
+        webhook_ips=tuple(args.webhook_ip),
+        workers=args.workers,
+    )
+    if args.namespace:
+        opts.namespace = args.namespace
+    main(opts)
+    return 0
+
+
 def _run_lab(args: argparse.Namespace) -> int:
     from openelb.lab import lab
 
@@ -67,10 +106,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--version", action="version", version=f"openelb {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _lab_parser(sub)
+    _controller_parser(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "lab":
             sys.exit(_run_lab(args))
+        if args.command == "controller":
+            sys.exit(_run_controller(args))
+        if args.command == "crds":
+            from openelb.api.crds import render
+
+            print(render(), end="")
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:

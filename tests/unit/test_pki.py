@@ -6,7 +6,7 @@ import yaml
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from openelb.lab import pki
+from openelb import pki
 
 
 def test_server_certificate_is_signed_by_the_ca_with_sans() -> None:

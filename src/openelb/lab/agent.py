@@ -229,6 +229,7 @@ class NodeAgent:
 
 def main(state: Path, node_name: str) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
     paths = Paths(state)
     plan = LabPlan.from_json(json.loads(paths.plan_file.read_text()))
     asyncio.run(NodeAgent(plan, paths, node_name).run())

@@ -25,8 +25,9 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Node, ServiceAccount
 from lightkube.types import PatchType
 
+from openelb import pki
 from openelb.kube.client import sync_client
-from openelb.lab import binaries, components, netns, pki, processes, topology
+from openelb.lab import binaries, components, netns, processes, topology
 from openelb.lab.components import Paths
 from openelb.lab.plan import LabPlan, NodePlan, make_plan
 

@@ -1,0 +1,113 @@
+"""Admission rules for Eip, BgpConf and BgpPeer: pure functions from an AdmissionReview request
+(plus the current Eips) to a verdict. OpenELB's messages are kept where it had them; we add the
+checks it lacked: deleting or shrinking an Eip whose IPs are in use, and BGP basics."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from openelb.api.eip import EipView, validate
+from openelb.ipam.ranges import AddressError, parse_range
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    message: str = ""
+
+
+ALLOW = Verdict(True)
+
+
+def _used(obj: Mapping[str, Any] | None) -> dict[str, str]:
+    return dict(((obj or {}).get("status") or {}).get("used") or {})
+
+
+def review_eip(request: Mapping[str, Any], existing: Iterable[Mapping[str, Any]]) -> Verdict:
+    op = request.get("operation")
+    new, old = request.get("object"), request.get("oldObject")
+    others = [EipView.from_object(o) for o in existing]
+    if op == "DELETE":
+        used = _used(old)
+        if used:
+            holders = sorted({k for keys in used.values() for k in keys.split(";") if k})
+            return Verdict(False, f"eip is in use by {', '.join(holders)}; release those services first")
+        return ALLOW
+    if new is None:
+        return ALLOW
+    eip = EipView.from_object(new)
+    if op == "UPDATE" and old is not None and (new.get("metadata") or {}).get("deletionTimestamp"):
+        return ALLOW  # finalizer removal while deleting
+    problems = validate(eip, others)
+    if op == "UPDATE" and old is not None:
+        used = _used(old)
+        try:
+            rng = parse_range(eip.address)
+        except AddressError:
+            rng = None
+        if rng is not None:
+            orphaned = [ip for ip in used if not rng.contains(ip)]
+            if orphaned:
+                problems.append(
+                    f"the new address {eip.address} leaves out ip {', '.join(sorted(orphaned))} in use by "
+                    f"{', '.join(sorted({k for ip in orphaned for k in used[ip].split(';') if k}))}"
+                )
+    if problems:
+        return Verdict(False, "; ".join(problems))
+    return ALLOW
+
+
+def review_bgpconf(request: Mapping[str, Any]) -> Verdict:
+    obj = request.get("object")
+    if request.get("operation") == "DELETE" or obj is None:
+        return ALLOW
+    spec = obj.get("spec") or {}
+    problems = []
+    asn = spec.get("as")
+    if not isinstance(asn, int) or not 1 <= asn <= 4294967295:
+        problems.append("spec.as must be an AS number between 1 and 4294967295")
+    rid = spec.get("routerId")
+    if rid:
+        try:
+            ipaddress.IPv4Address(rid)
+        except ValueError:
+            problems.append(f"spec.routerId {rid!r} must be an IPv4 address (or empty for the node's IP)")
+    port = spec.get("listenPort", 0)
+    if not isinstance(port, int) or not -1 <= port <= 65535:
+        problems.append("spec.listenPort must be -1 (do not listen), 0 (179) or a port number")
+    for addr in spec.get("listenAddresses") or []:
+        try:
+            ipaddress.ip_address(addr)
+        except ValueError:
+            problems.append(f"spec.listenAddresses: {addr!r} is not an IP address")
+    return Verdict(False, "; ".join(problems)) if problems else ALLOW
+
+
+def review_bgppeer(request: Mapping[str, Any]) -> Verdict:
+    obj = request.get("object")
+    if request.get("operation") == "DELETE" or obj is None:
+        return ALLOW
+    conf = (obj.get("spec") or {}).get("conf")
+    if not isinstance(conf, Mapping):
+        return Verdict(False, "spec.conf is required (peerAs and neighborAddress)")
+    problems = []
+    asn = conf.get("peerAs")
+    if not isinstance(asn, int) or not 1 <= asn <= 4294967295:
+        problems.append("spec.conf.peerAs must be an AS number between 1 and 4294967295")
+    try:
+        ipaddress.ip_address(str(conf.get("neighborAddress", "")))
+    except ValueError:
+        problems.append(f"spec.conf.neighborAddress {conf.get('neighborAddress')!r} is not an IP address")
+    return Verdict(False, "; ".join(problems)) if problems else ALLOW
+
+
+def response(review: Mapping[str, Any], verdict: Verdict) -> dict[str, Any]:
+    """The AdmissionReview answer (admission.k8s.io/v1)."""
+    uid = (review.get("request") or {}).get("uid", "")
+    body: dict[str, Any] = {"uid": uid, "allowed": verdict.allowed}
+    if not verdict.allowed:
+        body["status"] = {"code": 403, "reason": "Forbidden", "message": verdict.message}
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": body}

@@ -1,0 +1,362 @@
+"""The IPAM controller: Services and Eips in, IPs and Eip status out.
+
+Glue only: informers fill caches, keys go through a de-duplicating queue, and each reconcile reads
+the caches, asks the pure allocator, and writes what changed. Allocation decisions are made
+synchronously between awaits, so several workers may run while the allocator stays consistent.
+
+Start-up order is what makes IPs survive restarts and takeovers: wait for every cache, then
+`restore` every IP that Services already hold (their status, or Go OpenELB's `Eip.status.used`),
+and only then allocate anything new.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from lightkube import AsyncClient
+from lightkube.core.exceptions import ApiError
+from lightkube.resources.core_v1 import Namespace, Service
+from lightkube.types import PatchType
+
+from openelb.api import names
+from openelb.api.eip import EipView, accepted_pools
+from openelb.controller import servicepolicy as sp
+from openelb.controller.metrics import Metrics
+from openelb.ipam.allocator import Allocation, AllocationError, Allocator, Request
+from openelb.ipam.ranges import IPAddress, parse_ip
+from openelb.kube.events import EventRecorder, Target
+from openelb.kube.informer import Informer
+from openelb.kube.resources import Eip
+from openelb.kube.workqueue import WorkQueue
+
+log = logging.getLogger("openelb.controller")
+
+MAX_INT64 = 2**63 - 1
+SVC, EIP, POOLS = "svc/", "eip/", "pools"
+
+
+def _fmt(ips: tuple[IPAddress, ...] | list[IPAddress]) -> str:
+    return ",".join(str(ip) for ip in ips)
+
+
+class IpamController:
+    def __init__(
+        self,
+        client: AsyncClient,
+        policy: sp.Policy,
+        recorder: EventRecorder,
+        metrics: Metrics | None = None,
+        workers: int = 4,
+    ) -> None:
+        self.client = client
+        self.policy = policy
+        self.recorder = recorder
+        self.metrics = metrics or Metrics()
+        self.workers = workers
+        self.alloc = Allocator()
+        self.queue = WorkQueue()
+        self.services: Informer[Service] = Informer(client, Service, lambda k: self.queue.add(SVC + k))
+        self.eips: Informer[Any] = Informer(client, Eip, self._on_eip, name="Eip")
+        self.namespaces: Informer[Namespace] = Informer(client, Namespace, self._on_namespace)
+        self.problems: dict[str, list[str]] = {}
+        self.pending: set[str] = set()
+        self.ready = asyncio.Event()
+
+    # ---- triggers ----------------------------------------------------------------------------
+
+    def _on_eip(self, name: str) -> None:
+        self.queue.add(POOLS)
+        self.queue.add(EIP + name)
+
+    def _on_namespace(self, name: str) -> None:
+        for key in list(self.pending):
+            if key.startswith(f"{name}/"):
+                self.queue.add(SVC + key)
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        tasks = [asyncio.create_task(i.run()) for i in (self.services, self.eips, self.namespaces)]
+        try:
+            await asyncio.gather(*(i.synced.wait() for i in (self.services, self.eips, self.namespaces)))
+            self._sync_pools()
+            self._restore_all()
+            for key in list(self.services.store):
+                self.queue.add(SVC + key)
+            for name in list(self.eips.store):
+                self.queue.add(EIP + name)
+            self.ready.set()
+            log.info(
+                "caches synced: %d services, %d eips; %d allocations restored",
+                len(self.services.store),
+                len(self.eips.store),
+                len(self.alloc.allocations()),
+            )
+            tasks += [asyncio.create_task(self._worker()) for _ in range(self.workers)]
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self.queue.get()
+            started = time.perf_counter()
+            try:
+                if key == POOLS:
+                    self._sync_pools()
+                elif key.startswith(SVC):
+                    await self.reconcile_service(key.removeprefix(SVC))
+                else:
+                    await self.reconcile_eip(key.removeprefix(EIP))
+            except Exception:
+                log.exception("reconcile %s failed; retrying", key)
+                self.metrics.reconcile_errors.inc()
+                self.queue.add_after(key, 1.0)
+            finally:
+                self.metrics.reconcile_seconds.labels(kind=key.split("/", 1)[0]).observe(time.perf_counter() - started)
+                self.queue.done(key)
+
+    # ---- pools -------------------------------------------------------------------------------
+
+    def _views(self) -> list[EipView]:
+        return [EipView.from_object(obj) for obj in self.eips.store.values()]
+
+    def _sync_pools(self) -> None:
+        pools, problems = accepted_pools(self._views())
+        before = self.alloc.pools
+        evicted = self.alloc.set_pools(pools)
+        self.problems = problems
+        for key in evicted:
+            log.info("ip of %s left every pool; reallocating", key)
+            self.queue.add(SVC + key)
+        if before != self.alloc.pools:
+            for key in list(self.pending):
+                self.queue.add(SVC + key)
+            for name in self.eips.store:
+                self.queue.add(EIP + name)
+
+    def _used_records(self) -> dict[str, list[IPAddress]]:
+        """Go OpenELB's bookkeeping: `Eip.status.used` ip -> "ns/a;ns/b"."""
+        out: dict[str, list[IPAddress]] = {}
+        for obj in self.eips.store.values():
+            used = (obj.get("status") or {}).get("used") or {}
+            for ip_text, keys in used.items():
+                try:
+                    ip = parse_ip(ip_text)
+                except ValueError:
+                    continue
+                for key in str(keys).split(";"):
+                    if key:
+                        out.setdefault(key, []).append(ip)
+        return out
+
+    def _restore_all(self) -> None:
+        records = self._used_records()
+        for key, svc in self.services.store.items():
+            if not (sp.is_ours(svc, self.policy) or sp.has_our_marks(svc)):
+                continue
+            ips = sp.status_ips(svc) or records.get(key, [])
+            if not ips:
+                continue
+            try:
+                req = sp.build_request(svc, self._ns_labels(svc))
+            except sp.RequestError:
+                req = Request(key=key)
+            self.alloc.restore(req, ips)
+
+    def _ns_labels(self, svc: Service) -> Mapping[str, str]:
+        ns = self.namespaces.store.get((svc.metadata.namespace if svc.metadata else None) or "default")
+        return (ns.metadata.labels if ns and ns.metadata else None) or {}
+
+    # ---- services ----------------------------------------------------------------------------
+
+    async def reconcile_service(self, key: str) -> None:
+        svc = self.services.store.get(key)
+        if svc is None:
+            gone = self.alloc.release(key)
+            self.pending.discard(key)
+            if gone:
+                self.metrics.releases.inc()
+                self._touch(gone)
+            return
+        assert svc.metadata is not None
+        if not sp.is_ours(svc, self.policy):
+            await self._release(key, svc)
+            return
+        old = self.alloc.get(key)
+        try:
+            req = sp.build_request(svc, self._ns_labels(svc))
+            got = self.alloc.assign(req)
+        except (sp.RequestError, AllocationError) as exc:
+            log.info("cannot assign %s: %s", key, exc)
+            self.pending.add(key)
+            self.metrics.failures.inc()
+            await self.recorder.emit(_target(svc), "Warning", "AssignIPFailed", f"failed to assign ip: {exc}")
+            # Whatever the Service held stays (status untouched): a bad edit never loses an IP.
+            return
+        self.pending.discard(key)
+        if old is not None and old != got:
+            self._touch(old)
+        self._touch(got)
+        await self._write_assigned(svc, got)
+        if old is None or old.ips != got.ips:
+            log.info("assigned %s to %s from %s", _fmt(got.ips), key, ",".join(got.pools))
+            self.metrics.allocations.inc()
+            await self.recorder.emit(_target(svc), "Normal", "AssignIP", f"success to assign ip: {_fmt(got.ips)}")
+
+    def _touch(self, alloc: Allocation) -> None:
+        for pool in set(alloc.pools):
+            self.queue.add(EIP + pool)
+
+    async def _write_assigned(self, svc: Service, got: Allocation) -> None:
+        assert svc.metadata is not None
+        md = svc.metadata
+        ns, name = md.namespace or "default", md.name or ""
+        pool_label = got.pools[0] if len(got.pools[0]) <= 63 else None
+        if names.FINALIZER_SERVICE not in (md.finalizers or []) or (
+            pool_label and (md.labels or {}).get(names.LABEL_POOL) != pool_label
+        ):
+            patch: dict[str, Any] = {"metadata": {"finalizers": [names.FINALIZER_SERVICE]}}
+            if pool_label:
+                patch["metadata"]["labels"] = {names.LABEL_POOL: pool_label}
+            await self.client.patch(Service, name, patch, namespace=ns, patch_type=PatchType.STRATEGIC)
+        ingress = [{"ip": str(ip), "ipMode": "VIP"} for ip in got.ips]
+        if _ingress(svc) != ingress:
+            await self.client.patch(
+                Service.Status,
+                name,
+                {"status": {"loadBalancer": {"ingress": ingress}}},
+                namespace=ns,
+                patch_type=PatchType.MERGE,
+            )
+
+    async def _release(self, key: str, svc: Service) -> None:
+        gone = self.alloc.release(key)
+        self.pending.discard(key)
+        if gone is None and not sp.has_our_marks(svc):
+            return  # not ours and never was: not even its status is ours to touch
+        assert svc.metadata is not None
+        md = svc.metadata
+        ns, name = md.namespace or "default", md.name or ""
+        released = gone.ips if gone else tuple(sp.status_ips(svc))
+        if _ingress(svc):
+            await self.client.patch(
+                Service.Status,
+                name,
+                {"status": {"loadBalancer": {"ingress": None}}},
+                namespace=ns,
+                patch_type=PatchType.MERGE,
+            )
+        if sp.has_our_marks(svc):
+            patch = {
+                "metadata": {
+                    "labels": {names.LABEL_POOL: None},
+                    "$deleteFromPrimitiveList/finalizers": [names.FINALIZER_SERVICE],
+                }
+            }
+            try:
+                await self.client.patch(Service, name, patch, namespace=ns, patch_type=PatchType.STRATEGIC)
+            except ApiError as exc:
+                if exc.status.code != 404:
+                    raise
+        if gone:
+            log.info("released %s from %s", _fmt(gone.ips), key)
+            self._touch(gone)
+            self.metrics.releases.inc()
+        if released:
+            await self.recorder.emit(_target(svc), "Normal", "ReleaseIP", f"success to release ip: {_fmt(released)}")
+
+    # ---- eips --------------------------------------------------------------------------------
+
+    async def reconcile_eip(self, name: str) -> None:
+        obj = self.eips.store.get(name)
+        if obj is None:
+            self.metrics.forget_pool(name)
+            return
+        view = EipView.from_object(obj)
+        md = obj.metadata
+        finalizers = (md.finalizers if md else None) or []
+        if view.deleting:
+            holders = sorted({k for keys in self._pool_used(name).values() for k in keys})
+            if holders:
+                await self.recorder.emit(
+                    _eip_target(obj),
+                    "Warning",
+                    "DeleteEipBlocked",
+                    f"eip {name} is still used by {', '.join(holders)}; it is deleted once they release it",
+                )
+            elif names.FINALIZER_EIP in finalizers:
+                rest = [f for f in finalizers if f != names.FINALIZER_EIP]
+                await self._patch_eip(name, {"metadata": {"finalizers": rest, "resourceVersion": md.resourceVersion}})
+                return
+        elif names.FINALIZER_EIP not in finalizers:
+            await self._patch_eip(
+                name,
+                {"metadata": {"finalizers": [*finalizers, names.FINALIZER_EIP], "resourceVersion": md.resourceVersion}},
+            )
+        status = self._eip_status(view)
+        current = obj.get("status") or {}
+        if any(current.get(k) != v for k, v in status.items()):
+            patch = dict(status)
+            patch["used"] = {**{ip: None for ip in current.get("used") or {}}, **status["used"]}
+            await self.client.patch(Eip.Status, name, {"status": patch}, patch_type=PatchType.MERGE)
+        problems = self.problems.get(name)
+        if problems and not view.deleting:
+            await self.recorder.emit(_eip_target(obj), "Warning", "InvalidEip", "; ".join(problems))
+
+    def _pool_used(self, name: str) -> dict[str, list[str]]:
+        return self.alloc.used(name) if name in self.alloc.pools else {}
+
+    def _eip_status(self, view: EipView) -> dict[str, Any]:
+        pool = self.alloc.pools.get(view.name)
+        if pool is None:
+            return {"ready": False}
+        used = {ip: ";".join(keys) for ip, keys in self._pool_used(view.name).items()}
+        usage = len(used)
+        size = pool.range.size
+        self.metrics.observe_pool(view.name, pool.version, size, usage)
+        return {
+            "occupied": usage >= size,
+            "usage": usage,
+            "poolSize": min(size, MAX_INT64),
+            "used": used,
+            "firstIP": str(pool.range.first_ip),
+            "lastIP": str(pool.range.last_ip),
+            "v4": True if pool.version == 4 else None,
+            "ready": True,
+        }
+
+    async def _patch_eip(self, name: str, patch: dict[str, Any]) -> None:
+        """Merge patch (custom resources have no strategic merge); resourceVersion guards lists."""
+        try:
+            await self.client.patch(Eip, name, patch, patch_type=PatchType.MERGE)
+        except ApiError as exc:
+            if exc.status.code != 404:
+                raise
+
+
+def _ingress(svc: Service) -> list[dict[str, str]]:
+    lb = svc.status.loadBalancer if svc.status else None
+    out = []
+    for ing in (lb.ingress if lb else None) or []:
+        entry = {"ip": ing.ip or ""}
+        if ing.ipMode:
+            entry["ipMode"] = ing.ipMode
+        out.append(entry)
+    return out
+
+
+def _target(svc: Service) -> Target:
+    md = svc.metadata
+    assert md is not None
+    return Target("Service", md.name or "", md.namespace, md.uid)
+
+
+def _eip_target(obj: Any) -> Target:
+    md = obj.metadata
+    return Target("Eip", md.name, None, md.uid, api_version=f"{names.GROUP}/{names.VERSION}")

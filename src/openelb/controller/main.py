@@ -1,0 +1,127 @@
+"""`openelb controller`: IPAM reconcilers (leader only), the admission webhook and metrics (all replicas)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import uuid
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from openelb.api import names
+from openelb.controller.ipam import IpamController
+from openelb.controller.metrics import Metrics
+from openelb.controller.servicepolicy import Policy
+from openelb.controller.webhook import CertManager, dns_names, serve
+from openelb.kube.client import async_client
+from openelb.kube.events import EventRecorder
+from openelb.kube.leader import LeaseElector
+
+log = logging.getLogger("openelb.controller")
+
+
+@dataclass
+class ControllerOptions:
+    kubeconfig: str | None = None
+    namespace: str = field(default_factory=lambda: os.environ.get("OPENELB_NAMESPACE", names.DEFAULT_NAMESPACE))
+    lb_class: str = names.DEFAULT_LB_CLASS
+    serve_unannotated: bool = False
+    leader_elect: bool = True
+    identity: str = field(default_factory=lambda: f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}")
+    metrics_addr: str = "0.0.0.0:50052"
+    webhook_addr: str = "0.0.0.0:9443"
+    webhook_service: str = "openelb-controller"
+    webhook_secret: str = "openelb-admission"  # noqa: S105 - a Secret's name, not a password
+    webhook_config: str = "openelb-admission"
+    webhook_ips: tuple[str, ...] = ()
+    workers: int = 4
+
+
+def _split_addr(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104
+
+
+async def run(opts: ControllerOptions) -> None:
+    client = async_client(opts.kubeconfig, field_manager="openelb-controller")
+    metrics = Metrics()
+    recorder = EventRecorder(client, names.CONTROLLER_COMPONENT)
+    ctrl = IpamController(
+        client, Policy(opts.lb_class, opts.serve_unannotated), recorder, metrics, workers=opts.workers
+    )
+    runners: list[web.AppRunner] = []
+
+    async def metrics_handler(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def readyz(_: web.Request) -> web.Response:
+        # A standby replica is ready (it serves the webhook); the leader once its caches synced.
+        if elector and elector.leading and not ctrl.ready.is_set():
+            return web.Response(status=503, text="syncing caches")
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    host, port = _split_addr(opts.metrics_addr)
+    await web.TCPSite(runner, host, port).start()
+    runners.append(runner)
+
+    if opts.webhook_addr:
+        certs = CertManager(
+            client,
+            opts.namespace,
+            opts.webhook_secret,
+            opts.webhook_config,
+            dns_names(opts.webhook_service, opts.namespace),
+            opts.webhook_ips,
+        )
+        await certs.ensure()
+        host, port = _split_addr(opts.webhook_addr)
+        runners.append(await serve(client, certs, host, port))
+        refresher = asyncio.create_task(certs.keep_fresh())
+    else:
+        refresher = None
+
+    elector = LeaseElector(client, names.LEADER_LEASE, opts.namespace, opts.identity) if opts.leader_elect else None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    def on_change(leading: bool) -> None:
+        metrics.is_leader.set(1 if leading else 0)
+
+    work = asyncio.create_task(elector.run(ctrl.run, on_change) if elector else ctrl.run())
+    stopper = asyncio.create_task(stop.wait())
+    log.info("controller %s started (class %s, namespace %s)", opts.identity, opts.lb_class, opts.namespace)
+    try:
+        done, _ = await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if work in done:
+            work.result()  # raises LostLeadership: exit non-zero so the pod restarts as a standby
+    finally:
+        work.cancel()
+        if refresher:
+            refresher.cancel()
+        if elector:
+            await elector.release()
+        for r in runners:
+            await r.cleanup()
+        await client.close()
+
+
+def main(opts: ControllerOptions) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
+    asyncio.run(run(opts))

@@ -1,0 +1,85 @@
+"""Kubernetes Events (core/v1), aggregated like client-go's recorder: a repeat of the same
+(object, type, reason, message) bumps `count` instead of creating a new Event."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import secrets
+from dataclasses import dataclass
+
+from lightkube import AsyncClient
+from lightkube.core.exceptions import ApiError
+from lightkube.models.core_v1 import EventSource, ObjectReference
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Event
+from lightkube.types import PatchType
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: str
+    name: str
+    namespace: str | None
+    uid: str | None
+    api_version: str = "v1"
+
+
+class EventRecorder:
+    def __init__(self, client: AsyncClient, component: str, events_namespace: str = "default") -> None:
+        self.client = client
+        self.component = component
+        self.events_namespace = events_namespace
+        """Where Events of cluster-scoped objects (Eips) go, as kubectl describe expects: `default`."""
+        self._seen: dict[tuple[str, str, str, str], tuple[str, str, int]] = {}
+
+    async def emit(self, target: Target, type_: str, reason: str, message: str) -> None:
+        """Never raises: an Event that cannot be written must not fail a reconcile."""
+        now = dt.datetime.now(dt.UTC)
+        ns = target.namespace or self.events_namespace
+        key = (target.uid or f"{target.kind}/{target.namespace}/{target.name}", type_, reason, message)
+        try:
+            prev = self._seen.get(key)
+            if prev is not None:
+                name, ev_ns, count = prev
+                try:
+                    await self.client.patch(
+                        Event,
+                        name,
+                        {"count": count + 1, "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ")},
+                        namespace=ev_ns,
+                        patch_type=PatchType.MERGE,
+                    )
+                    self._seen[key] = (name, ev_ns, count + 1)
+                    return
+                except ApiError as exc:
+                    if exc.status.code != 404:
+                        raise
+            name = f"{target.name}.{secrets.token_hex(8)}"
+            await self.client.create(
+                Event(
+                    metadata=ObjectMeta(name=name, namespace=ns),
+                    involvedObject=ObjectReference(
+                        kind=target.kind,
+                        name=target.name,
+                        namespace=target.namespace,
+                        uid=target.uid,
+                        apiVersion=target.api_version,
+                    ),
+                    reason=reason,
+                    message=message,
+                    type=type_,
+                    source=EventSource(component=self.component),
+                    firstTimestamp=now,
+                    lastTimestamp=now,
+                    count=1,
+                    reportingComponent=self.component,
+                )
+            )
+            if len(self._seen) > 10_000:
+                self._seen.clear()
+            self._seen[key] = (name, ns, 1)
+        except Exception as exc:
+            log.warning("could not record event %s %s on %s/%s: %s", type_, reason, ns, target.name, exc)

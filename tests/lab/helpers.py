@@ -1,0 +1,171 @@
+"""Helpers for controller tests: controller processes, manifests, polling the API."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+from lightkube import Client
+from lightkube.core.exceptions import ApiError
+from lightkube.resources.coordination_v1 import Lease
+from lightkube.resources.core_v1 import Service
+
+from openelb.kube.resources import Eip
+from openelb.lab import workloads
+
+NS = "openelb-system"
+HERE = Path(__file__).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ControllerProcess:
+    """`openelb controller` run as a real process against the lab apiserver."""
+
+    def __init__(self, name: str, kubeconfig: Path, api_ip: str, webhook_port: int = 9443) -> None:
+        self.name = name
+        self.metrics_port = free_port()
+        self.log = Path(f"/tmp/openelb-test-{name}-{os.getpid()}.log")
+        argv = [
+            sys.executable, "-m", "openelb", "controller",
+            "--namespace", NS,
+            f"--metrics-addr=127.0.0.1:{self.metrics_port}",
+            f"--webhook-addr={api_ip}:{webhook_port}",
+            "--webhook-ip", api_ip,
+        ]  # fmt: skip
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "KUBECONFIG": str(kubeconfig)}
+            )
+
+    def identity_prefix(self) -> str:
+        return os.uname().nodename
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+def apply_yaml(kube: Client, text: str, namespace: str | None = None) -> None:
+    for doc in yaml.safe_load_all(text):
+        if doc:
+            if namespace and doc.get("kind") == "Service":
+                doc.setdefault("metadata", {})["namespace"] = namespace
+            workloads.apply(kube, doc)
+
+
+def lease_holder(kube: Client) -> str | None:
+    try:
+        lease = kube.get(Lease, "openelb-controller", namespace=NS)
+    except ApiError:
+        return None
+    return lease.spec.holderIdentity if lease.spec else None
+
+
+def wait_webhook(kube: Client) -> None:
+    """The webhook answers once a bogus Eip is refused by it (and not by a TLS or connection error)."""
+
+    def refused() -> bool:
+        try:
+            kube.create(Eip({"metadata": {"name": "probe-" + uuid.uuid4().hex[:6]}, "spec": {"address": "nonsense"}}))
+        except ApiError as exc:
+            return "invalid eip address format" in str(exc.status.message)
+        raise AssertionError("a malformed Eip was accepted")
+
+    workloads.poll("webhook serving", refused, 30)
+
+
+def eip(name: str, address: str, **spec: Any) -> dict[str, Any]:
+    annotations = spec.pop("annotations", {})
+    return {
+        "apiVersion": "network.kubesphere.io/v1alpha2",
+        "kind": "Eip",
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {"address": address, **spec},
+    }
+
+
+def lb_service(name: str, namespace: str, *, annotations: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "type": "LoadBalancer",
+        "selector": {"app": name},
+        "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
+    }
+    body.update(spec)
+    ann = {"lb.kubesphere.io/v1alpha1": "openelb"}
+    ann.update(annotations or {})
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace, "annotations": {k: v for k, v in ann.items() if v}},
+        "spec": body,
+    }
+
+
+def ingress_ips(kube: Client, namespace: str, name: str) -> list[str]:
+    svc = kube.get(Service, name, namespace=namespace)
+    lb = svc.status.loadBalancer if svc.status else None
+    return [i.ip for i in (lb.ingress if lb else None) or [] if i.ip]
+
+
+def wait_ips(kube: Client, namespace: str, name: str, count: int = 1, timeout: float = 20) -> list[str]:
+    return workloads.poll(  # type: ignore[no-any-return]
+        f"{count} ingress IP(s) on {namespace}/{name}",
+        lambda: (ips := ingress_ips(kube, namespace, name)) and len(ips) == count and ips,
+        timeout,
+    )
+
+
+def events(kube: Client, namespace: str, name: str) -> list[tuple[str, str, str]]:
+    from lightkube.resources.core_v1 import Event
+
+    out = []
+    for ev in kube.list(Event, namespace=namespace, fields={"involvedObject.name": name}):
+        out.append((ev.type or "", ev.reason or "", ev.message or ""))
+    return out
+
+
+def wait_event(kube: Client, namespace: str, name: str, reason: str, contains: str = "", timeout: float = 20) -> str:
+    def find() -> str | None:
+        for _t, r, msg in events(kube, namespace, name):
+            if r == reason and contains in msg:
+                return msg
+        return None
+
+    return workloads.poll(f"event {reason} on {name}", find, timeout)  # type: ignore[no-any-return]
+
+
+def eip_status(kube: Client, name: str) -> dict[str, Any]:
+    return dict(kube.get(Eip, name).get("status") or {})
+
+
+def delete_eip(kube: Client, name: str) -> None:
+    try:
+        kube.delete(Eip, name)
+    except ApiError as exc:
+        if exc.status.code != 404:
+            raise
+
+
+def settle(seconds: float = 1.0) -> None:
+    time.sleep(seconds)
