@@ -45,7 +45,7 @@ def _controller_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     c.add_argument("--metrics-addr", default="0.0.0.0:50052")
     c.add_argument("--webhook-addr", default="0.0.0.0:9443", help="empty to disable the webhook")
     c.add_argument("--webhook-ip", action="append", default=[], help="extra IP SAN for the webhook certificate")
-    c.add_argument("--workers", type=int, default=4)
+    c.add_argument("--workers", type=int, default=16, help="concurrent reconciles (API round trips overlap)")
     sub.add_parser("crds", help="print the CustomResourceDefinitions (YAML)")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -159,12 +160,34 @@ def eip_status(kube: Client, name: str) -> dict[str, Any]:
     return dict(kube.get(Eip, name).get("status") or {})
 
 
-def delete_eip(kube: Client, name: str) -> None:
-    try:
-        kube.delete(Eip, name)
-    except ApiError as exc:
-        if exc.status.code != 404:
+def delete_eip(kube: Client, name: str, timeout: float = 30) -> None:
+    """Delete an Eip, first deleting the Services that hold its IPs.
+
+    Eip status is written at most once a second, so the webhook may name a Service that is
+    already gone for a moment: read the holders again on every try.
+    """
+
+    def attempt() -> bool:
+        try:
+            used = dict((kube.get(Eip, name).get("status") or {}).get("used") or {})
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return True
             raise
+        for keys in used.values():
+            for key in keys.split(";"):
+                svc_ns, svc_name = key.split("/", 1)
+                with contextlib.suppress(ApiError):
+                    kube.delete(Service, svc_name, namespace=svc_ns)
+        try:
+            kube.delete(Eip, name)
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return True
+            raise
+        return True
+
+    workloads.poll(f"Eip {name} deleted", attempt, timeout)
 
 
 def settle(seconds: float = 1.0) -> None:

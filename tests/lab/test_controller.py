@@ -3,7 +3,6 @@ dual-stack, release, loadBalancerClass, Eip status, webhook rejections, Eip dele
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 from typing import Any
 
@@ -45,13 +44,8 @@ def eips(kube: Client) -> Any:
         return name
 
     yield make
-    for name in created:  # release the holders first: an Eip in use cannot be deleted
-        for keys in eip_status(kube, name).get("used", {}).values():
-            for key in keys.split(";"):
-                svc_ns, svc_name = key.split("/")
-                with contextlib.suppress(ApiError):
-                    kube.delete(Service, svc_name, namespace=svc_ns)
-        workloads.poll(f"delete eip {name}", lambda n=name: delete_eip(kube, n) or True, 30)
+    for name in created:
+        delete_eip(kube, name)
 
 
 def test_seed_walkthrough_manifests_verbatim(kube: Client, ns: str) -> None:
@@ -248,3 +242,36 @@ def test_bgp_objects_basic_validation(kube: Client) -> None:
     with pytest.raises(ApiError) as err:
         kube.create(BgpPeer({"metadata": {"name": "p"}, "spec": {"conf": {"peerAs": 65000, "neighborAddress": "x"}}}))
     assert "neighborAddress 'x' is not an IP address" in err.value.status.message  # type: ignore[operator]
+
+
+def test_metrics_report_pools_allocations_and_latency(
+    kube: Client, ns: str, eips: Any, controller: dict[str, Any]
+) -> None:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    pool = eips("metrics-pool", "203.0.113.32/28", namespaces=[ns])
+    workloads.apply(kube, lb_service("a", ns), lb_service("b", ns))
+    wait_ips(kube, ns, "a")
+    wait_ips(kube, ns, "b")
+    leader = next(p for p in controller["procs"] if p.alive())
+
+    def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        url = f"http://127.0.0.1:{leader.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            text = resp.read().decode()
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text)
+            for s in fam.samples
+        }
+
+    labels = (("eip", pool), ("family", "IPv4"))
+    m = workloads.poll(
+        "pool gauges", lambda: (x := scrape()).get(("openelb_pool_addresses_in_use", labels)) == 2 and x, 20
+    )
+    assert m[("openelb_pool_addresses_total", labels)] == 16
+    assert m[("openelb_allocations_total", ())] >= 2
+    assert m[("openelb_controller_leader", ())] == 1
+    assert m[("openelb_reconcile_duration_seconds_count", (("kind", "svc"),))] >= 2

@@ -17,7 +17,7 @@ def test_apiserver_is_dual_stack_tls_rbac_with_sa_issuer() -> None:
     argv = components.apiserver(BINS, plan, PATHS)
     f = _flags(argv)
     assert argv[0] == "/opt/k8s/kube-apiserver"
-    assert f["service-cluster-ip-range"] == "198.19.0.0/20,2001:db8:ff::/112"
+    assert f["service-cluster-ip-range"] == "198.19.0.0/16,2001:db8:ff::/112"
     assert f["bind-address"] == "198.18.0.1" and f["secure-port"] == "6443"
     assert "RBAC" in f["authorization-mode"].split(",")
     assert f["client-ca-file"].endswith("pki/ca.crt")

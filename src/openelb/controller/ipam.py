@@ -36,6 +36,7 @@ from openelb.kube.workqueue import WorkQueue
 log = logging.getLogger("openelb.controller")
 
 MAX_INT64 = 2**63 - 1
+EIP_STATUS_DELAY = 1.0
 SVC, EIP, POOLS = "svc/", "eip/", "pools"
 
 
@@ -64,6 +65,8 @@ class IpamController:
         self.namespaces: Informer[Namespace] = Informer(client, Namespace, self._on_namespace)
         self.problems: dict[str, list[str]] = {}
         self.pending: set[str] = set()
+        self._status_due: set[str] = set()
+        self._last_views: list[EipView] | None = None
         self.ready = asyncio.Event()
 
     # ---- triggers ----------------------------------------------------------------------------
@@ -124,10 +127,14 @@ class IpamController:
     # ---- pools -------------------------------------------------------------------------------
 
     def _views(self) -> list[EipView]:
-        return [EipView.from_object(obj) for obj in self.eips.store.values()]
+        return sorted((EipView.from_object(obj) for obj in self.eips.store.values()), key=lambda v: v.name)
 
     def _sync_pools(self) -> None:
-        pools, problems = accepted_pools(self._views())
+        views = self._views()
+        if views == self._last_views:
+            return  # only Eip status changed (mostly our own writes): the pools are the same
+        self._last_views = views
+        pools, problems = accepted_pools(views)
         before = self.alloc.pools
         evicted = self.alloc.set_pools(pools)
         self.problems = problems
@@ -210,8 +217,12 @@ class IpamController:
             await self.recorder.emit(_target(svc), "Normal", "AssignIP", f"success to assign ip: {_fmt(got.ips)}")
 
     def _touch(self, alloc: Allocation) -> None:
+        """Schedule a status write for the pools of `alloc`, coalescing bursts: each write carries
+        the whole `used` map, so one write per pool per EIP_STATUS_DELAY instead of one per Service."""
         for pool in set(alloc.pools):
-            self.queue.add(EIP + pool)
+            if pool not in self._status_due:
+                self._status_due.add(pool)
+                self.queue.add_after(EIP + pool, EIP_STATUS_DELAY)
 
     async def _write_assigned(self, svc: Service, got: Allocation) -> None:
         assert svc.metadata is not None
@@ -274,6 +285,7 @@ class IpamController:
     # ---- eips --------------------------------------------------------------------------------
 
     async def reconcile_eip(self, name: str) -> None:
+        self._status_due.discard(name)
         obj = self.eips.store.get(name)
         if obj is None:
             self.metrics.forget_pool(name)
@@ -301,10 +313,16 @@ class IpamController:
             )
         status = self._eip_status(view)
         current = obj.get("status") or {}
-        if any(current.get(k) != v for k, v in status.items()):
-            patch = dict(status)
-            patch["used"] = {**{ip: None for ip in current.get("used") or {}}, **status["used"]}
-            await self.client.patch(Eip.Status, name, {"status": patch}, patch_type=PatchType.MERGE)
+        changed = {k: v for k, v in status.items() if current.get(k) != v}
+        if changed:
+            if "used" in changed:  # send only the entries that changed (None deletes in a merge patch)
+                old_used, new_used = current.get("used") or {}, status["used"]
+                changed["used"] = {
+                    ip: new_used.get(ip)
+                    for ip in old_used.keys() | new_used.keys()
+                    if old_used.get(ip) != new_used.get(ip)
+                }
+            await self.client.patch(Eip.Status, name, {"status": changed}, patch_type=PatchType.MERGE)
         problems = self.problems.get(name)
         if problems and not view.deleting:
             await self.recorder.emit(_eip_target(obj), "Warning", "InvalidEip", "; ".join(problems))

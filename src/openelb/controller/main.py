@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import uuid
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ from openelb.kube.events import EventRecorder
 from openelb.kube.leader import LeaseElector
 
 log = logging.getLogger("openelb.controller")
+GRACE_SECONDS = 8.0
 
 
 @dataclass
@@ -39,7 +41,7 @@ class ControllerOptions:
     webhook_secret: str = "openelb-admission"  # noqa: S105 - a Secret's name, not a password
     webhook_config: str = "openelb-admission"
     webhook_ips: tuple[str, ...] = ()
-    workers: int = 4
+    workers: int = 16
 
 
 def _split_addr(addr: str) -> tuple[str, int]:
@@ -97,8 +99,17 @@ async def run(opts: ControllerOptions) -> None:
     elector = LeaseElector(client, names.LEADER_LEASE, opts.namespace, opts.identity) if opts.leader_elect else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def request_stop() -> None:
+        stop.set()
+        # Graceful shutdown (lease release, closing watches) is bounded: a hung connection must
+        # not keep a terminating pod, and with it the leadership, alive.
+        timer = threading.Timer(GRACE_SECONDS, os._exit, [0])
+        timer.daemon = True
+        timer.start()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, request_stop)
 
     def on_change(leading: bool) -> None:
         metrics.is_leader.set(1 if leading else 0)

@@ -1,4 +1,10 @@
-"""The README's main job, for now: two kubia pods behind a NodePort, curled from the client host."""
+"""The README's main job: the seed walkthrough in the lab.
+
+Part 1 proves the cluster: two kubia pods behind a NodePort, curled from the client host through
+every node. Part 2 is the seed's OpenELB steps with its own manifests (lab addresses): install
+OpenELB, apply the Eip, the Deployment and the LoadBalancer Service, and show `kubectl get eip` /
+`kubectl get svc` with the EXTERNAL-IP.
+"""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ WAN_V4 = ipaddress.IPv4Network("198.18.1.0/24")
 WAN_V6 = ipaddress.IPv6Network("2001:db8:0:2::/64")
 CLUSTER_CIDR_V4 = ipaddress.IPv4Network("198.18.64.0/18")
 CLUSTER_CIDR_V6 = ipaddress.IPv6Network("2001:db8:1::/48")
-SERVICE_CIDR_V4 = ipaddress.IPv4Network("198.19.0.0/20")
+SERVICE_CIDR_V4 = ipaddress.IPv4Network("198.19.0.0/16")
 SERVICE_CIDR_V6 = ipaddress.IPv6Network("2001:db8:ff::/112")
 
 

@@ -11,6 +11,7 @@ from lightkube.core.exceptions import ApiError
 from lightkube.resources.core_v1 import Namespace, Service, ServiceAccount
 from lightkube.resources.discovery_v1 import EndpointSlice
 
+from openelb.kube import resources as _crd_resources  # noqa: F401 - registers Eip etc. for codecs
 from openelb.lab import netns
 
 

@@ -1,0 +1,67 @@
+from typing import Any
+
+from openelb.controller.admission import response, review_bgpconf, review_bgppeer, review_eip
+
+
+def eip(name: str, address: str, used: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
+    ann = spec.pop("annotations", {})
+    return {
+        "metadata": {"name": name, "annotations": ann},
+        "spec": {"address": address, **spec},
+        "status": {"used": used or {}},
+    }
+
+
+DEFAULT = {"eip.openelb.kubesphere.io/is-default-eip": "true"}
+
+
+def test_create_rules_with_openelb_messages() -> None:
+    existing = [eip("a", "198.51.100.0/28", annotations=DEFAULT)]
+    ok = review_eip({"operation": "CREATE", "object": eip("b", "198.51.100.16/28")}, existing)
+    assert ok.allowed
+    bad = review_eip({"operation": "CREATE", "object": eip("b", "198.51.100.8-198.51.100.20")}, existing)
+    assert not bad.allowed and bad.message == "eip address overlap with a"
+    bad = review_eip({"operation": "CREATE", "object": eip("c", "x", protocol="vip")}, existing)
+    assert "invalid eip address format" in bad.message
+    assert "if protocol is layer2 or vip, interface should not be empty" in bad.message
+    second_default = eip("d", "198.51.100.64/28", annotations=DEFAULT)
+    assert (
+        "already exists a default EIP: a"
+        in review_eip({"operation": "CREATE", "object": second_default}, existing).message
+    )
+    v6_default = eip("e", "2001:db8::/120", annotations=DEFAULT)  # one default per family is fine
+    assert review_eip({"operation": "CREATE", "object": v6_default}, existing).allowed
+
+
+def test_update_may_grow_but_not_orphan_used_ips() -> None:
+    old = eip("a", "198.51.100.0/28", used={"198.51.100.9": "ns/x;ns/y"})
+    grow = review_eip({"operation": "UPDATE", "object": eip("a", "198.51.100.0/27"), "oldObject": old}, [old])
+    assert grow.allowed
+    shrink = review_eip({"operation": "UPDATE", "object": eip("a", "198.51.100.0/29"), "oldObject": old}, [old])
+    assert not shrink.allowed
+    assert "leaves out ip 198.51.100.9 in use by ns/x, ns/y" in shrink.message
+
+
+def test_delete_of_an_eip_in_use_names_its_services() -> None:
+    old = eip("a", "198.51.100.0/28", used={"198.51.100.1": "ns/x", "198.51.100.2": "ns/y"})
+    verdict = review_eip({"operation": "DELETE", "oldObject": old}, [old])
+    assert not verdict.allowed and "ns/x, ns/y" in verdict.message
+    assert review_eip({"operation": "DELETE", "oldObject": eip("b", "198.51.100.16/28")}, []).allowed
+
+
+def test_bgp_basics() -> None:
+    assert review_bgpconf({"operation": "CREATE", "object": {"spec": {"as": 50001, "listenPort": 17900}}}).allowed
+    bad = review_bgpconf({"operation": "CREATE", "object": {"spec": {"as": 50001, "listenPort": 70000}}})
+    assert "listenPort" in bad.message
+    assert not review_bgppeer({"operation": "CREATE", "object": {"spec": {}}}).allowed
+    peer = {"spec": {"conf": {"peerAs": 50000, "neighborAddress": "2001:db8::2"}}}
+    assert review_bgppeer({"operation": "CREATE", "object": peer}).allowed
+
+
+def test_response_shape() -> None:
+    out = response(
+        {"request": {"uid": "u1"}},
+        review_eip({"operation": "DELETE", "oldObject": eip("a", "1.1.1.1", used={"1.1.1.1": "n/s"})}, []),
+    )
+    assert out["apiVersion"] == "admission.k8s.io/v1" and out["response"]["uid"] == "u1"
+    assert out["response"]["allowed"] is False and out["response"]["status"]["code"] == 403
