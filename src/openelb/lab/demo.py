@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
+
+from lightkube import Client
+from lightkube.resources.core_v1 import Service
 
 from openelb.kube.client import sync_client
-from openelb.lab import binaries, workloads
+from openelb.kube.resources import Eip
+from openelb.lab import binaries, install, workloads
 from openelb.lab.components import Paths
 from openelb.lab.lab import LabError, Progress, load_plan, state_dir
+from openelb.lab.plan import LabPlan
 
 
 def run(namespace: str = "demo") -> int:
@@ -56,9 +62,35 @@ def run(namespace: str = "demo") -> int:
     if len(names) < 2:
         print(f"demo FAILED: only {sorted(names)} answered; see {paths.state / 'logs'}", file=sys.stderr)
         return 1
-    say(f"demo done: both pods answered through every node: {', '.join(sorted(names))}")
+    say(f"NodePort works: both pods answered through every node: {', '.join(sorted(names))}")
+    return seed_walkthrough(client, plan, paths, kubectl, kc)
+
+
+def seed_walkthrough(client: Client, plan: LabPlan, paths: Paths, kubectl: str, kc: str) -> int:
+    say = Progress()
+    say("installing OpenELB: CRDs, admission webhook, controller")
+    install.install(client, plan, paths)
+    seed = Path(__file__).resolve().parents[3] / "examples" / "seed"
+    for name in ("layer2-eip.yaml", "layer2-deployment.yaml", "layer2-svc.yaml"):
+        print(f"$ kubectl apply -f examples/seed/{name}", flush=True)
+        subprocess.run([kubectl, kc, "apply", "-f", str(seed / name)], check=True)
+    ip = workloads.poll(
+        "the EXTERNAL-IP",
+        lambda: (
+            (s := client.get(Service, "layer2-svc", namespace="default")).status
+            and s.status.loadBalancer
+            and s.status.loadBalancer.ingress
+            and s.status.loadBalancer.ingress[0].ip
+        ),
+        60,
+    )
+    workloads.poll("eip usage", lambda: (client.get(Eip, "eip-pool").get("status") or {}).get("usage") == 1, 30)
+    for what in (["get", "eip"], ["get", "svc"]):
+        print(f"$ kubectl {' '.join(what)}", flush=True)
+        subprocess.run([kubectl, kc, *what], check=False)
+    say(f"layer2-svc got EXTERNAL-IP {ip} from eip-pool")
     print(
-        f"\nThe lab stays up: `openelb lab exec client -- curl {workloads.url(plan.nodes[0].lan_v4 or '', port)}`, "
-        "`openelb lab status`, `openelb lab down` when finished."
+        f"\nThe lab stays up. `openelb lab exec client -- ping -c 3 {ip}` works once the Layer2 speaker "
+        "answers ARP for it; `openelb lab status`; `openelb lab down` when finished."
     )
     return 0
