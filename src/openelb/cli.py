@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -47,6 +48,13 @@ def _controller_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     c.add_argument("--webhook-ip", action="append", default=[], help="extra IP SAN for the webhook certificate")
     c.add_argument("--workers", type=int, default=16, help="concurrent reconciles (API round trips overlap)")
     sub.add_parser("crds", help="print the CustomResourceDefinitions (YAML)")
+    sp = sub.add_parser("speaker", help="announce owned IPs from this node (Layer2: ARP/NDP)")
+    sp.add_argument("--node-name", default=os.environ.get("NODE_NAME"), help="this node (env NODE_NAME)")
+    sp.add_argument("--kubeconfig")
+    sp.add_argument("--enable-layer2", default="true", choices=("true", "false"))
+    sp.add_argument("--bind-port", type=int, default=7946, help="UDP port of speaker heartbeats")
+    sp.add_argument("--heartbeat-interval", type=float, default=0.1, help="seconds between heartbeats")
+    sp.add_argument("--dead-after", type=float, default=0.35, help="seconds without heartbeat = dead")
 
 
 def _run_controller(args: argparse.Namespace) -> int:
@@ -65,6 +73,27 @@ def _run_controller(args: argparse.Namespace) -> int:
     if args.namespace:
         opts.namespace = args.namespace
     main(opts)
+    return 0
+
+
+def _run_speaker(args: argparse.Namespace) -> int:
+    from openelb.speaker.main import SpeakerOptions, main
+
+    if not args.node_name:
+        print("openelb speaker: --node-name or NODE_NAME is required", file=sys.stderr)
+        return 2
+    key = os.environ.get("MEMBER_LIST_SECRET", "openelb-speakers").encode()
+    main(
+        SpeakerOptions(
+            node=args.node_name,
+            kubeconfig=args.kubeconfig,
+            key=key,
+            port=args.bind_port,
+            interval=args.heartbeat_interval,
+            dead_after=args.dead_after,
+            enable_layer2=args.enable_layer2 == "true",
+        )
+    )
     return 0
 
 
@@ -113,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             sys.exit(_run_lab(args))
         if args.command == "controller":
             sys.exit(_run_controller(args))
+        if args.command == "speaker":
+            sys.exit(_run_speaker(args))
         if args.command == "crds":
             from openelb.api.crds import render
 

@@ -1,0 +1,265 @@
+"""`openelb speaker`: runs on every node (host network) and announces the IPs this node owns.
+
+Informers give the API's view (Services, EndpointSlices, Nodes, Eips); UDP heartbeats between
+speakers give liveness without any API write on the failover path: a speaker that misses
+heartbeats for `--dead-after` (default 350 ms) leaves every candidate set at once, and the next
+ranked node starts answering and sends its gratuitous burst. A speaker that stops gracefully says
+so (LEAVING) and hands over at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from lightkube.resources.core_v1 import Node, Service
+from lightkube.resources.discovery_v1 import EndpointSlice
+from lightkube.types import PatchType
+
+from openelb.api import names
+from openelb.ipam.ranges import AddressError, IPRange, parse_range
+from openelb.kube.client import async_client
+from openelb.kube.events import EventRecorder, Target
+from openelb.kube.informer import Informer
+from openelb.kube.resources import Eip
+from openelb.protocols import heartbeat as hbp
+from openelb.speaker import desired
+from openelb.speaker.layer2 import Layer2Announcer, LocalAddresses, resolve_interface
+
+log = logging.getLogger("openelb.speaker")
+GRACE_SECONDS = 5.0
+
+
+@dataclass
+class SpeakerOptions:
+    node: str
+    kubeconfig: str | None = None
+    key: bytes = b"openelb-speakers"
+    port: int = 7946
+    interval: float = 0.1
+    dead_after: float = 0.35
+    enable_layer2: bool = True
+    local_addresses: bool = True
+
+
+class HeartbeatProtocol(asyncio.DatagramProtocol):
+    def __init__(self, speaker: Speaker) -> None:
+        self.speaker = speaker
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        try:
+            hb = hbp.decode(data, self.speaker.opts.key)
+        except hbp.HeartbeatError:
+            self.speaker.bad_heartbeats += 1
+            return
+        if self.speaker.membership.receive(hb, time.monotonic()):
+            log.info("membership: %s is %s", hb.node, "leaving" if hb.kind == hbp.LEAVING else "alive")
+            self.speaker.recompute_soon()
+
+
+class Speaker:
+    def __init__(self, opts: SpeakerOptions) -> None:
+        self.opts = opts
+        self.client = async_client(opts.kubeconfig, field_manager=f"openelb-speaker-{opts.node}")
+        self.recorder = EventRecorder(self.client, "openelb-speaker")
+        self.membership = hbp.Membership(opts.node, timeout=opts.dead_after)
+        self.bad_heartbeats = 0
+        self.services: Informer[Service] = Informer(self.client, Service, self._changed)
+        self.slices: Informer[EndpointSlice] = Informer(self.client, EndpointSlice, self._changed)
+        self.nodes: Informer[Node] = Informer(self.client, Node, self._changed)
+        self.eips: Informer[Any] = Informer(self.client, Eip, self._changed, name="Eip")
+        self.announcer: Layer2Announcer | None = None
+        self._scheduled = False
+        self.transport: asyncio.DatagramTransport | None = None
+        self.announced_by_me: dict[str, tuple[str, ...]] = {}
+
+    def _changed(self, _key: str) -> None:
+        self.recompute_soon()
+
+    def recompute_soon(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._recompute)
+
+    # ---- inputs --------------------------------------------------------------------------
+
+    def _layer2_eips(self) -> dict[str, tuple[str, IPRange]]:
+        out = {}
+        for obj in self.eips.store.values():
+            spec = obj.get("spec") or {}
+            md = obj.metadata
+            if spec.get("protocol") != "layer2" or (md and md.deletionTimestamp):
+                continue
+            try:
+                out[md.name] = (resolve_interface(str(spec.get("interface") or "")), parse_range(spec["address"]))
+            except (AddressError, KeyError, OSError, ValueError) as exc:
+                log.warning("eip %s unusable for layer2: %s", md.name if md else "?", exc)
+        return out
+
+    def _service_infos(self) -> list[desired.ServiceInfo]:
+        local_nodes: dict[str, set[str]] = {}
+        for sl in self.slices.store.values():
+            svc_name = ((sl.metadata.labels if sl.metadata else None) or {}).get("kubernetes.io/service-name")
+            if not svc_name or not sl.metadata:
+                continue
+            key = f"{sl.metadata.namespace}/{svc_name}"
+            for ep in sl.endpoints or []:
+                if ep.nodeName and (ep.conditions is None or ep.conditions.ready is not False):
+                    local_nodes.setdefault(key, set()).add(ep.nodeName)
+        out = []
+        for key, svc in self.services.store.items():
+            if not svc.spec or svc.spec.type != "LoadBalancer" or (svc.metadata and svc.metadata.deletionTimestamp):
+                continue
+            lb = svc.status.loadBalancer if svc.status else None
+            ips = tuple(i.ip for i in (lb.ingress if lb else None) or [] if i.ip)
+            if ips:
+                local = svc.spec.externalTrafficPolicy == "Local"
+                out.append(desired.ServiceInfo(key, ips, local, frozenset(local_nodes.get(key, set()))))
+        return out
+
+    def _node_infos(self) -> list[desired.NodeInfo]:
+        out = []
+        for node in self.nodes.store.values():
+            conds = node.status.conditions if node.status else None
+            ready = any(c.type == "Ready" and c.status == "True" for c in conds or [])
+            md = node.metadata
+            out.append(desired.NodeInfo(md.name if md and md.name else "", ready, (md.labels if md else None) or {}))
+        return out
+
+    # ---- decisions -----------------------------------------------------------------------
+
+    def _recompute(self) -> None:
+        self._scheduled = False
+        if self.announcer is None:
+            return
+        eips = self._layer2_eips()
+        services = self._service_infos()
+        in_use: dict[str, tuple[str, list[str]]] = {name: (ifname, []) for name, (ifname, _r) in eips.items()}
+        for svc in services:
+            for ip in svc.ips:
+                for name, (_ifname, rng) in eips.items():
+                    if rng.contains(ip):
+                        in_use[name][1].append(ip)
+        plan = desired.announcements(in_use, services, self._node_infos(), self.membership.alive())
+        mine = {ip: a.interface for ip, a in plan.items() if a.owner == self.opts.node}
+        gained, lost = self.announcer.set_owned(mine)
+        for ip in sorted(gained):
+            log.info("announcing %s on %s", ip, mine[ip])
+            asyncio.get_running_loop().create_task(self._mark_announcer(plan[ip]))
+        for ip in sorted(lost):
+            log.info("stopped announcing %s", ip)
+
+    async def _mark_announcer(self, ann: desired.Announcement) -> None:
+        """After taking over (never before): annotate the Services and record an Event."""
+        for key in ann.services:
+            ns, name = key.split("/", 1)
+            svc = self.services.store.get(key)
+            current = ((svc.metadata.annotations if svc and svc.metadata else None) or {}).get(
+                names.ANNOTATION_LAYER2_ANNOUNCER
+            )
+            if current == self.opts.node:
+                continue
+            try:
+                await self.client.patch(
+                    Service,
+                    name,
+                    {"metadata": {"annotations": {names.ANNOTATION_LAYER2_ANNOUNCER: self.opts.node}}},
+                    namespace=ns,
+                    patch_type=PatchType.MERGE,
+                )
+            except Exception as exc:
+                log.warning("cannot annotate %s: %s", key, exc)
+                continue
+            uid = svc.metadata.uid if svc and svc.metadata else None
+            await self.recorder.emit(
+                Target("Service", name, ns, uid),
+                "Normal",
+                "Layer2Announcer",
+                f"{self.opts.node} answers ARP/NDP for {ann.ip} on {ann.interface}",
+            )
+
+    # ---- heartbeats ----------------------------------------------------------------------
+
+    def _peers(self) -> list[str]:
+        out = []
+        for node in self.nodes.store.values():
+            if not node.metadata or node.metadata.name == self.opts.node or not node.status:
+                continue
+            addrs = [a.address for a in node.status.addresses or [] if a.type == "InternalIP"]
+            v4 = [a for a in addrs if ipaddress.ip_address(a).version == 4]
+            if v4 or addrs:
+                out.append((v4 or addrs)[0])
+        return out
+
+    def _send(self, kind: int) -> None:
+        if self.transport is None:
+            return
+        msg = hbp.encode(hbp.Heartbeat(self.opts.node, time.time_ns(), kind), self.opts.key)
+        for peer in self._peers():
+            with contextlib.suppress(OSError):
+                self.transport.sendto(msg, (peer, self.opts.port))
+
+    async def _heartbeats(self) -> None:
+        while True:
+            self._send(hbp.ALIVE)
+            if self.membership.expire(time.monotonic()):
+                self.recompute_soon()
+            await asyncio.sleep(self.opts.interval)
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        self.transport, _ = await loop.create_datagram_endpoint(
+            lambda: HeartbeatProtocol(self),
+            local_addr=("0.0.0.0", self.opts.port),  # noqa: S104 - node port
+        )
+        informers: list[Informer[Any]] = [self.services, self.slices, self.nodes, self.eips]
+        tasks = [asyncio.create_task(i.run()) for i in informers]
+        await asyncio.gather(*(i.synced.wait() for i in informers))
+        tasks.append(asyncio.create_task(self._heartbeats()))
+        # Hear the others before claiming anything, so a restart does not briefly grab every IP.
+        await asyncio.sleep(self.opts.dead_after)
+        if self.opts.enable_layer2:
+            self.announcer = Layer2Announcer(loop, LocalAddresses() if self.opts.local_addresses else None)
+        self._recompute()
+        log.info("speaker on %s ready (heartbeat port %d)", self.opts.node, self.opts.port)
+        try:
+            await stop.wait()
+        finally:
+            self._send(hbp.LEAVING)  # peers take over at once
+            if self.announcer:
+                self.announcer.close()
+            for t in tasks:
+                t.cancel()
+            self.transport.close()
+            await self.client.close()
+
+
+def main(opts: SpeakerOptions) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def request_stop() -> None:
+            stop.set()
+            timer = threading.Timer(GRACE_SECONDS, os._exit, [0])
+            timer.daemon = True
+            timer.start()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, request_stop)
+        await Speaker(opts).run(stop)
+
+    asyncio.run(run())
