@@ -192,3 +192,59 @@ def delete_eip(kube: Client, name: str, timeout: float = 30) -> None:
 
 def settle(seconds: float = 1.0) -> None:
     time.sleep(seconds)
+
+
+class SpeakerProcess:
+    """`openelb speaker` in a node's namespace, as the DaemonSet pod (hostNetwork) would run it."""
+
+    def __init__(self, node: str, netns: str, kubeconfig: Path) -> None:
+        self.node = node
+        self.netns = netns
+        self.log = Path(f"/tmp/openelb-test-speaker-{node}-{os.getpid()}.log")
+        argv = ["ip", "netns", "exec", netns, sys.executable, "-m", "openelb", "speaker", f"--kubeconfig={kubeconfig}"]
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "NODE_NAME": node}
+            )
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+def in_netns(netns: str, *argv: str, timeout: float = 10) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ip", "netns", "exec", netns, *argv], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def arping_macs(netns: str, ip: str, count: int = 3, wait: float = 3) -> list[str]:
+    """MACs that answered ARP for `ip` (arping 2.x), waiting at most `wait` seconds."""
+    out = in_netns(netns, "arping", "-c", str(count), "-w", str(wait), "-I", "eth0", ip).stdout
+    macs = []
+    for line in out.splitlines():
+        if "from" in line:
+            for word in line.replace("[", " ").replace("]", " ").replace("(", " ").split():
+                if word.count(":") == 5:
+                    macs.append(word.lower())
+    return macs
+
+
+def ndisc_mac(netns: str, ip: str) -> str | None:
+    out = in_netns(netns, "ndisc6", "-1", "-r", "3", ip, "eth0").stdout
+    for line in out.splitlines():
+        if line.startswith("Target link-layer address:"):
+            return line.split(":", 1)[1].strip().lower()
+    return None
+
+
+def iface_mac(netns: str, dev: str = "eth0") -> str:
+    return in_netns(netns, "cat", f"/sys/class/net/{dev}/address").stdout.strip().lower()

@@ -1,0 +1,163 @@
+"""Layer2 mode end to end: the seed walkthrough with real kernel clients (ping, curl, arping,
+ndisc6), one answering node, sub-second failover, graceful handover, visible announcer."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import (
+    SpeakerProcess,
+    apply_yaml,
+    arping_macs,
+    delete_eip,
+    eip,
+    iface_mac,
+    in_netns,
+    lb_service,
+    ndisc_mac,
+    wait_ips,
+)
+from lightkube import Client
+from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.core_v1 import Pod, Service
+
+from openelb.lab import lab, workloads
+from openelb.lab.components import Paths
+from openelb.lab.plan import LabPlan
+
+pytestmark = [pytest.mark.root, pytest.mark.k8s_lab]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def speakers(lab_plan: LabPlan, controller: dict[str, Any]) -> Iterator[dict[str, SpeakerProcess]]:
+    kc = Paths(lab.state_dir()).kubeconfig("admin")
+    procs = {n.name: SpeakerProcess(n.name, n.netns, kc) for n in lab_plan.nodes}
+    try:
+        time.sleep(1.5)  # informers synced, peers heard
+        yield procs
+    finally:
+        for p in procs.values():
+            p.stop()
+
+
+@pytest.fixture(scope="module")
+def seed(kube: Client, speakers: dict[str, SpeakerProcess]) -> Iterator[str]:
+    """The seed walkthrough's manifests (lab addresses) applied in the default namespace."""
+    for name in ("layer2-eip.yaml", "layer2-deployment.yaml", "layer2-svc.yaml"):
+        apply_yaml(kube, (REPO / "examples/seed" / name).read_text(), namespace="default")
+    (ip,) = wait_ips(kube, "default", "layer2-svc", timeout=30)
+    workloads.poll(
+        "2 ready endpoints",
+        lambda: len(workloads.ready_endpoints(kube, "default", "layer2-svc").get("IPv4", [])) == 2,
+        60,
+    )
+    yield ip
+    kube.delete(Service, "layer2-svc", namespace="default")
+    kube.delete(Deployment, "layer2-openelb", namespace="default")
+    delete_eip(kube, "eip-pool")
+
+
+def owner_of(lab_plan: LabPlan, mac: str) -> str:
+    return next(n.name for n in lab_plan.nodes if iface_mac(n.netns) == mac)
+
+
+def test_seed_walkthrough_ping_curl_and_one_mac(kube: Client, lab_plan: LabPlan, seed: str) -> None:
+    client = lab_plan.client.netns
+    macs = workloads.poll("ARP answers", lambda: arping_macs(client, seed), 15)
+    assert len(set(macs)) == 1, macs
+    owner = owner_of(lab_plan, macs[0])
+    ping = in_netns(client, "ping", "-c", "3", "-W", "1", seed)
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    names = {p.removeprefix("You've hit ") for p in workloads.collect_pod_names(client, workloads.url(seed, 80), 2)}
+    pods = {
+        p.metadata.name
+        for p in kube.list(
+            Pod,
+            namespace="default",
+            labels={"app": "layer2-openelb"},
+        )
+    }  # type: ignore[union-attr]
+    assert names == pods, (names, pods)
+    svc = workloads.poll(
+        "announcer annotation",
+        lambda: (
+            (s := kube.get(Service, "layer2-svc", namespace="default")).metadata.annotations.get(  # type: ignore[union-attr]
+                "layer2.openelb.kubesphere.io/v1alpha1"
+            )
+            == owner
+            and s
+        ),
+        10,
+    )
+    assert svc
+
+
+def test_ipv6_with_ndisc6_ping_and_curl(kube: Client, lab_plan: LabPlan, speakers: dict[str, SpeakerProcess]) -> None:
+    workloads.apply(kube, eip("l2-v6", "2001:db8:0:1::220-2001:db8:0:1::22f", protocol="layer2", interface="eth0"))
+    ns = "default"
+    try:
+        workloads.apply(
+            kube,
+            lb_service(
+                "v6",
+                ns,
+                annotations={"eip.openelb.kubesphere.io/v1alpha2": "l2-v6"},
+                ipFamilies=["IPv6"],
+                selector={"app": "layer2-openelb"},
+            ),
+        )
+        (ip,) = wait_ips(kube, ns, "v6")
+        client = lab_plan.client.netns
+        mac = workloads.poll("NDP answer", lambda: ndisc_mac(client, ip), 15)
+        assert mac in {iface_mac(n.netns) for n in lab_plan.nodes}
+        assert in_netns(client, "ping", "-6", "-c", "2", "-W", "1", ip).returncode == 0
+        seen = workloads.collect_pod_names(client, workloads.url(ip, 80), 2)
+        assert len(set(seen)) == 2
+    finally:
+        kube.delete(Service, "v6", namespace=ns)
+        delete_eip(kube, "l2-v6")
+
+
+def _mac_changes_within(lab_plan: LabPlan, ip: str, old: str, limit: float) -> tuple[str, float]:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        macs = arping_macs(lab_plan.client.netns, ip, count=1, wait=0.1)
+        if macs and macs[0] != old:
+            return macs[0], time.monotonic() - t0
+    raise AssertionError(f"no other node answered for {ip} within {limit}s")
+
+
+def test_killed_owner_fails_over_within_a_second(
+    lab_plan: LabPlan, seed: str, speakers: dict[str, SpeakerProcess]
+) -> None:
+    old = arping_macs(lab_plan.client.netns, seed, count=1)[0]
+    owner = owner_of(lab_plan, old)
+    speakers[owner].stop(signal.SIGKILL)
+    _new, took = _mac_changes_within(lab_plan, seed, old, 5)
+    assert took < 1.5, f"failover took {took:.2f}s"
+    assert in_netns(lab_plan.client.netns, "curl", "-s", "--max-time", "2", f"http://{seed}/").stdout.startswith(
+        "You've hit"
+    )
+    # the DaemonSet would restart it: the restarted speaker starts clean and the owner stays unique
+    kc = Paths(lab.state_dir()).kubeconfig("admin")
+    speakers[owner] = SpeakerProcess(owner, lab_plan.node(owner).netns, kc)
+    time.sleep(2)
+    macs = arping_macs(lab_plan.client.netns, seed)
+    assert len(set(macs)) == 1
+
+
+def test_graceful_stop_hands_over_at_once(lab_plan: LabPlan, seed: str, speakers: dict[str, SpeakerProcess]) -> None:
+    old = arping_macs(lab_plan.client.netns, seed, count=1)[0]
+    owner = owner_of(lab_plan, old)
+    speakers[owner].stop(signal.SIGTERM)
+    _new, took = _mac_changes_within(lab_plan, seed, old, 5)
+    assert took < 1.0, f"graceful handover took {took:.2f}s"
+    kc = Paths(lab.state_dir()).kubeconfig("admin")
+    speakers[owner] = SpeakerProcess(owner, lab_plan.node(owner).netns, kc)
