@@ -26,6 +26,8 @@ def _lab_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     ex.add_argument("argv", nargs=argparse.REMAINDER)
     demo = cmds.add_parser("demo", help="deploy two kubia pods behind a NodePort and curl them from the client")
     demo.add_argument("--namespace", default="demo")
+    sup = cmds.add_parser("supervise", help=argparse.SUPPRESS)
+    sup.add_argument("argv", nargs=argparse.REMAINDER)
     agent = cmds.add_parser("agent", help=argparse.SUPPRESS)
     agent.add_argument("--node", required=True)
 
@@ -123,6 +125,10 @@ def _run_lab(args: argparse.Namespace) -> int:
         from openelb.lab import demo
 
         return demo.run(args.namespace)
+    elif cmd == "supervise":
+        from openelb.lab.supervisor import supervise
+
+        return supervise(args.argv[1:] if args.argv[:1] == ["--"] else args.argv)
     elif cmd == "agent":
         from openelb.lab import agent
 

@@ -17,7 +17,7 @@ from lightkube.resources.core_v1 import Service
 
 from openelb.kube.client import sync_client
 from openelb.kube.resources import Eip
-from openelb.lab import binaries, install, workloads
+from openelb.lab import binaries, install, netns, workloads
 from openelb.lab.components import Paths
 from openelb.lab.lab import LabError, Progress, load_plan, state_dir
 from openelb.lab.plan import LabPlan
@@ -88,9 +88,30 @@ def seed_walkthrough(client: Client, plan: LabPlan, paths: Paths, kubectl: str, 
     for what in (["get", "eip"], ["get", "svc"]):
         print(f"$ kubectl {' '.join(what)}", flush=True)
         subprocess.run([kubectl, kc, *what], check=False)
-    say(f"layer2-svc got EXTERNAL-IP {ip} from eip-pool")
+    say(f"layer2-svc got EXTERNAL-IP {ip} from eip-pool; from the client host:")
+    client_ns = plan.client.netns
+    workloads.poll(f"an ARP answer for {ip}", lambda: _arp_answered(client_ns, ip), 30)
+    print(f"$ ping {ip} -c 5", flush=True)
+    ping = subprocess.run(netns.exec_argv(client_ns, ["ping", ip, "-c", "5"]), check=False)
+    seen = workloads.collect_pod_names(client_ns, workloads.url(ip, 80), expected=2)
+    for name in seen[:6]:
+        print(f"$ curl {ip}\nYou've hit {name}")
+    if ping.returncode != 0 or len(set(seen)) < 2:
+        print(f"demo FAILED: ping exit {ping.returncode}, pods answering {sorted(set(seen))}", file=sys.stderr)
+        return 1
+    say(f"seed walkthrough done: {ip} answers ping, and curl reaches both pods")
     print(
-        f"\nThe lab stays up. `openelb lab exec client -- ping -c 3 {ip}` works once the Layer2 speaker "
-        "answers ARP for it; `openelb lab status`; `openelb lab down` when finished."
+        "\nThe lab stays up: `openelb lab exec client -- curl http://"
+        f"{ip}/`, `openelb lab status`, `openelb lab down` when finished."
     )
     return 0
+
+
+def _arp_answered(client_ns: str, ip: str) -> bool:
+    out = subprocess.run(
+        netns.exec_argv(client_ns, ["arping", "-c", "1", "-w", "1", "-I", "eth0", ip]),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return out.returncode == 0

@@ -1,5 +1,6 @@
-"""Install OpenELB into the lab for the demo: CRDs, the webhook registration and a controller
-process in the root namespace (recorded like the lab's other daemons, so `lab down` stops it).
+"""Install OpenELB into the lab for the demo: CRDs, the webhook registration, a controller
+process in the root namespace and a supervised speaker in every node's namespace (recorded like
+the lab's other daemons, so `lab down` stops them).
 
 The apiserver calls the webhook at the lab's root address; in a real cluster the install
 manifest points it at the controller's Service instead.
@@ -17,7 +18,7 @@ from lightkube.resources.coordination_v1 import Lease
 from openelb.api import crds, names
 from openelb.controller.webhook import webhook_configuration
 from openelb.kube.resources import Eip
-from openelb.lab import processes, workloads
+from openelb.lab import netns, processes, workloads
 from openelb.lab.components import Paths
 from openelb.lab.plan import LabPlan
 
@@ -39,6 +40,13 @@ def install(client: Client, plan: LabPlan, paths: Paths) -> None:
             "--metrics-addr=127.0.0.1:50052",
         ]  # fmt: skip
         processes.start(paths.state, DAEMON, argv)
+    for node in plan.nodes:
+        name = f"openelb-speaker-{node.name}"
+        if any(d.name == name and processes.is_running(d) for d in processes.recorded(paths.state)):
+            continue
+        speaker = [sys.executable, "-m", "openelb", "speaker", f"--kubeconfig={paths.kubeconfig('admin')}"]
+        argv = [sys.executable, "-m", "openelb", "lab", "supervise", "--", *netns.exec_argv(node.netns, speaker)]
+        processes.start(paths.state, name, argv, env={"NODE_NAME": node.name})
     workloads.poll("the controller to lead", lambda: _leader(client), 30)
     workloads.poll("the admission webhook", lambda: _webhook_answers(client), 30)
 

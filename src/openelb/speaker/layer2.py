@@ -87,9 +87,9 @@ class ArpResponder:
             return
         self.owned.add(ip)
         for delay in BURST:
-            self.loop.call_later(delay, self._gratuitous, ip)
+            self.loop.call_later(delay, self.announce, ip)
 
-    def _gratuitous(self, ip: ipaddress.IPv4Address) -> None:
+    def announce(self, ip: ipaddress.IPv4Address) -> None:
         if ip in self.owned:
             self._send(arp.build(arp.gratuitous(ip, self.mac, arp.OP_REQUEST)))
             self._send(arp.build(arp.gratuitous(ip, self.mac, arp.OP_REPLY)))
@@ -193,9 +193,9 @@ class NdpResponder:
         self.owned.add(ip)
         self._group(ip, True)
         for delay in BURST:
-            self.loop.call_later(delay, self._unsolicited, ip)
+            self.loop.call_later(delay, self.announce, ip)
 
-    def _unsolicited(self, ip: ipaddress.IPv6Address) -> None:
+    def announce(self, ip: ipaddress.IPv6Address) -> None:
         if ip in self.owned:
             self._send(ndp.NeighborAdvertisement(ip, self.mac, solicited=False, override=True), ndp.ALL_NODES)
             stats["gratuitous_sent"] += 1
@@ -303,6 +303,14 @@ class Layer2Announcer:
             if ifname not in self.ndp:
                 self.ndp[ifname] = NdpResponder(self.loop, ifname)
             self.ndp[ifname].own(addr)
+
+    def refresh(self) -> None:
+        for a in self.arp.values():
+            for ip4 in list(a.owned):
+                a.announce(ip4)
+        for n in self.ndp.values():
+            for ip6 in list(n.owned):
+                n.announce(ip6)
 
     def _disown(self, ip: str, ifname: str) -> None:
         addr = ipaddress.ip_address(ip)

@@ -96,8 +96,8 @@ class Speaker:
         for obj in self.eips.store.values():
             spec = obj.get("spec") or {}
             md = obj.metadata
-            if spec.get("protocol") != "layer2" or (md and md.deletionTimestamp):
-                continue
+            if spec.get("protocol") != "layer2" or spec.get("disable") or (md and md.deletionTimestamp):
+                continue  # disabled and deleted Eips stop being answered at once
             try:
                 out[md.name] = (resolve_interface(str(spec.get("interface") or "")), parse_range(spec["address"]))
             except (AddressError, KeyError, OSError, ValueError) as exc:
@@ -207,6 +207,13 @@ class Speaker:
             with contextlib.suppress(OSError):
                 self.transport.sendto(msg, (peer, self.opts.port))
 
+    async def _refresh(self, every: float = 30.0) -> None:
+        """A slow gratuitous refresh heals switches and neighbours that missed the burst."""
+        while True:
+            await asyncio.sleep(every)
+            if self.announcer:
+                self.announcer.refresh()
+
     async def _heartbeats(self) -> None:
         while True:
             self._send(hbp.ALIVE)
@@ -226,6 +233,7 @@ class Speaker:
         tasks = [asyncio.create_task(i.run()) for i in informers]
         await asyncio.gather(*(i.synced.wait() for i in informers))
         tasks.append(asyncio.create_task(self._heartbeats()))
+        tasks.append(asyncio.create_task(self._refresh()))
         # Hear the others before claiming anything, so a restart does not briefly grab every IP.
         await asyncio.sleep(self.opts.dead_after)
         if self.opts.enable_layer2:

@@ -1,0 +1,39 @@
+import contextlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from openelb.protocols.heartbeat import ALIVE, LEAVING, Heartbeat, HeartbeatError, Membership, decode, encode
+
+KEY = b"k" * 16
+
+
+def test_round_trip_and_authentication() -> None:
+    hb = Heartbeat("node-1", 42, ALIVE)
+    raw = encode(hb, KEY)
+    assert decode(raw, KEY) == hb
+    with pytest.raises(HeartbeatError, match="authentication"):
+        decode(raw, b"other-key-000000")
+    tampered = raw[:-20] + bytes([raw[-20] ^ 1]) + raw[-19:]
+    with pytest.raises(HeartbeatError):
+        decode(tampered, KEY)
+
+
+@given(st.binary(max_size=80))
+def test_garbage_never_crashes(data: bytes) -> None:
+    with contextlib.suppress(HeartbeatError):
+        decode(data, KEY)
+
+
+def test_membership_alive_expiry_leaving_and_replay() -> None:
+    m = Membership("me", timeout=0.35)
+    assert m.alive() == {"me"}
+    assert m.receive(Heartbeat("b", 1), now=0.0) is True
+    assert m.receive(Heartbeat("b", 2), now=0.1) is False  # still alive: no change
+    assert m.receive(Heartbeat("b", 2), now=0.2) is False  # replay refused
+    assert m.expire(0.4) == set() and m.alive() == {"me", "b"}
+    assert m.expire(0.5) == {"b"} and m.alive() == {"me"}  # 0.4 s of silence > 0.35 s
+    assert m.receive(Heartbeat("b", 3), now=1.0) is True
+    assert m.receive(Heartbeat("b", 4, LEAVING), now=1.1) is True and m.alive() == {"me"}
+    assert m.receive(Heartbeat("me", 99), now=1.2) is False  # our own echo
