@@ -161,3 +161,46 @@ def test_graceful_stop_hands_over_at_once(lab_plan: LabPlan, seed: str, speakers
     assert took < 1.0, f"graceful handover took {took:.2f}s"
     kc = Paths(lab.state_dir()).kubeconfig("admin")
     speakers[owner] = SpeakerProcess(owner, lab_plan.node(owner).netns, kc)
+
+
+def _pinned_pod(name: str, ns: str, node: str, app: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": {"app": app}},
+        "spec": {
+            "nodeName": node,
+            "containers": [{"name": "c", "image": "luksa/kubia", "ports": [{"containerPort": 8080}]}],
+        },
+    }
+
+
+def test_local_traffic_policy_follows_the_pods(
+    kube: Client, lab_plan: LabPlan, ns: str, speakers: dict[str, SpeakerProcess]
+) -> None:
+    workloads.apply(kube, eip("l2-local", "198.18.0.230-198.18.0.235", protocol="layer2", interface="eth0"))
+    client = lab_plan.client.netns
+    try:
+        workloads.apply(
+            kube,
+            _pinned_pod("p1", ns, "node-2", "etp"),
+            lb_service(
+                "etp",
+                ns,
+                annotations={"eip.openelb.kubesphere.io/v1alpha2": "l2-local"},
+                externalTrafficPolicy="Local",
+                selector={"app": "etp"},
+            ),
+        )
+        (ip,) = wait_ips(kube, ns, "etp")
+        mac = workloads.poll("ARP from node-2", lambda: (m := arping_macs(client, ip, count=1, wait=1)) and m[0], 20)
+        assert mac == iface_mac(lab_plan.node("node-2").netns)
+        assert workloads.http_get(client, workloads.url(ip, 80)).strip() == "You've hit p1"
+        # move the only endpoint to node-3: the announcement follows it
+        kube.delete(Pod, "p1", namespace=ns)
+        workloads.apply(kube, _pinned_pod("p2", ns, "node-3", "etp"))
+        want = iface_mac(lab_plan.node("node-3").netns)
+        workloads.poll("ARP from node-3", lambda: arping_macs(client, ip, count=1, wait=1) == [want], 30)
+        assert workloads.collect_pod_names(client, workloads.url(ip, 80), 1, timeout=10)[-1] == "p2"
+    finally:
+        delete_eip(kube, "l2-local")
