@@ -4,6 +4,7 @@ ndisc6), one answering node, sub-second failover, graceful handover, visible ann
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -204,3 +205,30 @@ def test_local_traffic_policy_follows_the_pods(
         assert workloads.collect_pod_names(client, workloads.url(ip, 80), 1, timeout=10)[-1] == "p2"
     finally:
         delete_eip(kube, "l2-local")
+
+
+PARTITION = """
+table inet olab-partition {
+  chain in { type filter hook input priority 0; udp dport 7946 drop; }
+  chain out { type filter hook output priority 0; udp dport 7946 drop; }
+}
+"""
+
+
+def test_partition_keeps_ips_answered_and_heals_within_a_second(
+    lab_plan: LabPlan, seed: str, speakers: dict[str, SpeakerProcess]
+) -> None:
+    client = lab_plan.client.netns
+    old = arping_macs(client, seed, count=1)[0]
+    owner = lab_plan.node(owner_of(lab_plan, old))
+    nft = ["ip", "netns", "exec", owner.netns, "nft"]
+    assert subprocess.run([*nft, "-f", "-"], input=PARTITION, text=True, check=False).returncode == 0
+    try:
+        # Both sides announce: the isolated owner keeps it, the others elect one of theirs.
+        assert workloads.poll("two answers", lambda: len(set(arping_macs(client, seed, 4, 1))) == 2, 10)
+    finally:
+        subprocess.run([*nft, "delete", "table", "inet", "olab-partition"], check=True)
+    healed_at = time.monotonic()
+    workloads.poll("one answer after healing", lambda: set(arping_macs(client, seed, 2, 0.3)) == {old}, 5, 0.02)
+    took = time.monotonic() - healed_at
+    assert took < 1.3, f"double answers lasted {took:.2f}s after healing (probe window 0.3 s included)"
