@@ -57,6 +57,7 @@ def _controller_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     sp.add_argument("--bind-port", type=int, default=7946, help="UDP port of speaker heartbeats")
     sp.add_argument("--heartbeat-interval", type=float, default=0.1, help="seconds between heartbeats")
     sp.add_argument("--dead-after", type=float, default=0.35, help="seconds without heartbeat = dead")
+    sp.add_argument("--metrics-addr", default="0.0.0.0:50053", help="Prometheus metrics; empty to disable")
 
 
 def _run_controller(args: argparse.Namespace) -> int:
@@ -94,6 +95,7 @@ def _run_speaker(args: argparse.Namespace) -> int:
             interval=args.heartbeat_interval,
             dead_after=args.dead_after,
             enable_layer2=args.enable_layer2 == "true",
+            metrics_addr=args.metrics_addr,
         )
     )
     return 0

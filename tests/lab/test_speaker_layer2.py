@@ -65,6 +65,20 @@ def seed(kube: Client, speakers: dict[str, SpeakerProcess]) -> Iterator[str]:
     delete_eip(kube, "eip-pool")
 
 
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text = resp.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+
+
 def owner_of(lab_plan: LabPlan, mac: str) -> str:
     return next(n.name for n in lab_plan.nodes if iface_mac(n.netns) == mac)
 
@@ -86,6 +100,10 @@ def test_seed_walkthrough_ping_curl_and_one_mac(kube: Client, lab_plan: LabPlan,
         )
     }  # type: ignore[union-attr]
     assert names == pods, (names, pods)
+    metrics = scrape(f"http://{lab_plan.node(owner).lan_v4}:50053/metrics")
+    assert metrics[("openelb_speaker_owned_ips", (("family", "IPv4"),))] >= 1
+    assert metrics[("openelb_layer2_responses_sent_total", ())] >= 1
+    assert metrics[("openelb_speaker_live_peers", ())] == 3
     svc = workloads.poll(
         "announcer annotation",
         lambda: (

@@ -20,9 +20,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from aiohttp import web
 from lightkube.resources.core_v1 import Node, Service
 from lightkube.resources.discovery_v1 import EndpointSlice
 from lightkube.types import PatchType
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from openelb.api import names
 from openelb.ipam.ranges import AddressError, IPRange, parse_range
@@ -33,6 +36,7 @@ from openelb.kube.resources import Eip
 from openelb.protocols import heartbeat as hbp
 from openelb.speaker import desired
 from openelb.speaker.layer2 import Layer2Announcer, LocalAddresses, resolve_interface
+from openelb.speaker.layer2 import stats as layer2_stats
 
 log = logging.getLogger("openelb.speaker")
 GRACE_SECONDS = 5.0
@@ -48,6 +52,7 @@ class SpeakerOptions:
     dead_after: float = 0.35
     enable_layer2: bool = True
     local_addresses: bool = True
+    metrics_addr: str = "0.0.0.0:50053"
 
 
 class HeartbeatProtocol(asyncio.DatagramProtocol):
@@ -79,7 +84,57 @@ class Speaker:
         self.announcer: Layer2Announcer | None = None
         self._scheduled = False
         self.transport: asyncio.DatagramTransport | None = None
-        self.announced_by_me: dict[str, tuple[str, ...]] = {}
+        self.failovers = 0
+        self.registry = CollectorRegistry()
+        self._metrics()
+
+    def _metrics(self) -> None:
+        """Exported at scrape time from the responders' counters and the current state."""
+        speaker = self
+
+        class Collector:
+            def collect(self) -> Any:
+                owned = GaugeMetricFamily("openelb_speaker_owned_ips", "IPs this node announces", labels=["family"])
+                mine = list(speaker.announcer.owned) if speaker.announcer else []
+                for fam in (4, 6):
+                    owned.add_metric([f"IPv{fam}"], len([ip for ip in mine if ipaddress.ip_address(ip).version == fam]))
+                yield owned
+                for name, doc in (
+                    ("requests_received", "ARP requests and Neighbor Solicitations received for owned IPs"),
+                    ("responses_sent", "ARP replies and Neighbor Advertisements sent"),
+                    ("gratuitous_sent", "gratuitous ARP and unsolicited NA packets sent"),
+                    ("malformed", "frames dropped as malformed or off-link"),
+                ):
+                    c = CounterMetricFamily(f"openelb_layer2_{name}", doc)
+                    c.add_metric([], float(layer2_stats[name]))
+                    yield c
+                c = CounterMetricFamily("openelb_speaker_ownership_gained", "IPs this node took over")
+                c.add_metric([], float(speaker.failovers))
+                yield c
+                c = CounterMetricFamily("openelb_speaker_bad_heartbeats", "heartbeats refused (garbage or wrong key)")
+                c.add_metric([], float(speaker.bad_heartbeats))
+                yield c
+                g = GaugeMetricFamily("openelb_speaker_live_peers", "speakers heard, this one included")
+                g.add_metric([], float(len(speaker.membership.alive())))
+                yield g
+
+        self.registry.register(Collector())
+
+    async def _serve_metrics(self) -> web.AppRunner:
+        async def metrics(_: web.Request) -> web.Response:
+            return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        async def healthz(_: web.Request) -> web.Response:
+            return web.Response(text="ok")
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/healthz", healthz)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        host, _, port = self.opts.metrics_addr.rpartition(":")
+        await web.TCPSite(runner, host.strip("[]") or "0.0.0.0", int(port)).start()  # noqa: S104
+        return runner
 
     def _changed(self, _key: str) -> None:
         self.recompute_soon()
@@ -151,6 +206,7 @@ class Speaker:
         plan = desired.announcements(in_use, services, self._node_infos(), self.membership.alive())
         mine = {ip: a.interface for ip, a in plan.items() if a.owner == self.opts.node}
         gained, lost = self.announcer.set_owned(mine)
+        self.failovers += len(gained)
         for ip in sorted(gained):
             log.info("announcing %s on %s", ip, mine[ip])
             asyncio.get_running_loop().create_task(self._mark_announcer(plan[ip]))
@@ -229,6 +285,7 @@ class Speaker:
             lambda: HeartbeatProtocol(self),
             local_addr=("0.0.0.0", self.opts.port),  # noqa: S104 - node port
         )
+        runner = await self._serve_metrics() if self.opts.metrics_addr else None
         informers: list[Informer[Any]] = [self.services, self.slices, self.nodes, self.eips]
         tasks = [asyncio.create_task(i.run()) for i in informers]
         await asyncio.gather(*(i.synced.wait() for i in informers))
@@ -249,6 +306,8 @@ class Speaker:
             for t in tasks:
                 t.cancel()
             self.transport.close()
+            if runner:
+                await runner.cleanup()
             await self.client.close()
 
 
