@@ -21,11 +21,12 @@ from helpers import (
     in_netns,
     lb_service,
     ndisc_mac,
+    wait_event,
     wait_ips,
 )
 from lightkube import Client
 from lightkube.resources.apps_v1 import Deployment
-from lightkube.resources.core_v1 import Pod, Service
+from lightkube.resources.core_v1 import ConfigMap, Pod, Service
 
 from openelb.lab import lab, workloads
 from openelb.lab.components import Paths
@@ -250,3 +251,55 @@ def test_partition_keeps_ips_answered_and_heals_within_a_second(
     workloads.poll("one answer after healing", lambda: set(arping_macs(client, seed, 2, 0.3)) == {old}, 5, 0.02)
     took = time.monotonic() - healed_at
     assert took < 1.3, f"double answers lasted {took:.2f}s after healing (probe window 0.3 s included)"
+
+
+def test_range_outside_the_interface_subnet_is_served_with_a_warning(
+    kube: Client, lab_plan: LabPlan, ns: str, speakers: dict[str, SpeakerProcess]
+) -> None:
+    workloads.apply(kube, eip("l2-offnet", "203.0.113.10-203.0.113.12", protocol="layer2", interface="eth0"))
+    try:
+        workloads.apply(
+            kube,
+            lb_service(
+                "off", ns, annotations={"eip.openelb.kubesphere.io/v1alpha2": "l2-offnet"}, selector={"app": "none"}
+            ),
+        )
+        (ip,) = wait_ips(kube, ns, "off")
+        msg = wait_event(kube, "default", "l2-offnet", "Layer2RangeOutsideSubnet")
+        assert "outside the subnets of eth0 (198.18.0.0/24" in msg
+        macs = workloads.poll("ARP answer", lambda: arping_macs(lab_plan.client.netns, ip, 2, 1), 15)
+        assert len(set(macs)) == 1
+    finally:
+        delete_eip(kube, "l2-offnet")
+
+
+def test_ipvs_without_strict_arp_is_reported(
+    kube: Client, lab_plan: LabPlan, speakers: dict[str, SpeakerProcess]
+) -> None:
+    conf = "\n".join(
+        [
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha1",
+            "kind: KubeProxyConfiguration",
+            "mode: ipvs",
+            "ipvs:",
+            "  strictARP: false",
+            "",
+        ]
+    )
+    workloads.apply(
+        kube,
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "kube-proxy", "namespace": "kube-system"},
+            "data": {"config.conf": conf},
+        },
+    )
+    try:
+        speakers["node-1"].stop()
+        speakers["node-1"] = SpeakerProcess(
+            "node-1", lab_plan.node("node-1").netns, Paths(lab.state_dir()).kubeconfig("admin")
+        )
+        assert "strictARP" in wait_event(kube, "default", "node-1", "IPVSWithoutStrictARP")
+    finally:
+        kube.delete(ConfigMap, "kube-proxy", namespace="kube-system")

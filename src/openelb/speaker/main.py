@@ -12,16 +12,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import logging
 import os
 import signal
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
 from aiohttp import web
-from lightkube.resources.core_v1 import Node, Service
+from lightkube.core.exceptions import ApiError
+from lightkube.resources.core_v1 import ConfigMap, Node, Service
 from lightkube.resources.discovery_v1 import EndpointSlice
 from lightkube.types import PatchType
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -85,6 +89,7 @@ class Speaker:
         self._scheduled = False
         self.transport: asyncio.DatagramTransport | None = None
         self.failovers = 0
+        self._eip_cache: dict[tuple[str, str, str], tuple[str, IPRange] | None] = {}
         self.registry = CollectorRegistry()
         self._metrics()
 
@@ -136,6 +141,26 @@ class Speaker:
         await web.TCPSite(runner, host.strip("[]") or "0.0.0.0", int(port)).start()  # noqa: S104
         return runner
 
+    async def check_kube_proxy(self) -> str | None:
+        """Warn (log + Event on our Node) when kube-proxy runs IPVS without strictARP (seed step 2):
+        every node would then answer ARP for every LoadBalancer IP on kube-ipvs0."""
+        try:
+            cm = await self.client.get(ConfigMap, "kube-proxy", namespace="kube-system")
+        except ApiError:
+            return None  # no kubeadm-style ConfigMap: nothing to check
+        conf = yaml.safe_load((cm.data or {}).get("config.conf", "") or "{}") or {}
+        if conf.get("mode") != "ipvs" or (conf.get("ipvs") or {}).get("strictARP"):
+            return None
+        message = (
+            "kube-proxy runs in IPVS mode without strictARP: every node answers ARP for LoadBalancer IPs; "
+            "set ipvs.strictARP: true in ConfigMap kube-system/kube-proxy and restart kube-proxy"
+        )
+        log.warning("%s", message)
+        node = self.nodes.store.get(self.opts.node)
+        uid = node.metadata.uid if node and node.metadata else None
+        await self.recorder.emit(Target("Node", self.opts.node, None, uid), "Warning", "IPVSWithoutStrictARP", message)
+        return message
+
     def _changed(self, _key: str) -> None:
         self.recompute_soon()
 
@@ -153,11 +178,38 @@ class Speaker:
             md = obj.metadata
             if spec.get("protocol") != "layer2" or spec.get("disable") or (md and md.deletionTimestamp):
                 continue  # disabled and deleted Eips stop being answered at once
-            try:
-                out[md.name] = (resolve_interface(str(spec.get("interface") or "")), parse_range(spec["address"]))
-            except (AddressError, KeyError, OSError, ValueError) as exc:
-                log.warning("eip %s unusable for layer2: %s", md.name if md else "?", exc)
+            key = (md.name, str(spec.get("interface") or ""), str(spec.get("address") or ""))
+            if key not in self._eip_cache:  # resolving may run `ip route get`: once per Eip version
+                self._eip_cache[key] = self._resolve(obj, key[1], key[2])
+            resolved = self._eip_cache[key]
+            if resolved is not None:
+                out[md.name] = resolved
         return out
+
+    def _resolve(self, obj: Any, interface: str, address: str) -> tuple[str, IPRange] | None:
+        name = obj.metadata.name
+        try:
+            ifname, rng = resolve_interface(interface), parse_range(address)
+        except (AddressError, OSError, ValueError, subprocess.CalledProcessError) as exc:
+            log.warning("eip %s unusable for layer2 on %s: %s", name, self.opts.node, exc)
+            return None
+        subnets = interface_subnets(ifname)
+        if not any(net.version == rng.version and _within(rng, net) for net in subnets):
+            # Served anyway (OpenELB issue #456): clients then need a route to the range via this link.
+            message = (
+                f"{self.opts.node}: {address} is outside the subnets of {ifname} "
+                f"({', '.join(map(str, subnets)) or 'none'}); answering anyway"
+            )
+            log.warning("%s", message)
+            asyncio.get_running_loop().create_task(
+                self.recorder.emit(
+                    Target("Eip", name, None, obj.metadata.uid, api_version=f"{names.GROUP}/{names.VERSION}"),
+                    "Warning",
+                    "Layer2RangeOutsideSubnet",
+                    message,
+                )
+            )
+        return ifname, rng
 
     def _service_infos(self) -> list[desired.ServiceInfo]:
         local_nodes: dict[str, set[str]] = {}
@@ -289,6 +341,7 @@ class Speaker:
         informers: list[Informer[Any]] = [self.services, self.slices, self.nodes, self.eips]
         tasks = [asyncio.create_task(i.run()) for i in informers]
         await asyncio.gather(*(i.synced.wait() for i in informers))
+        await self.check_kube_proxy()
         tasks.append(asyncio.create_task(self._heartbeats()))
         tasks.append(asyncio.create_task(self._refresh()))
         # Hear the others before claiming anything, so a restart does not briefly grab every IP.
@@ -309,6 +362,21 @@ class Speaker:
             if runner:
                 await runner.cleanup()
             await self.client.close()
+
+
+def _within(rng: IPRange, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    return int(net.network_address) <= rng.first and rng.last <= int(net.broadcast_address)
+
+
+def interface_subnets(ifname: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    out = subprocess.run(["ip", "-j", "addr", "show", "dev", ifname], capture_output=True, text=True, check=False)
+    nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for link in json.loads(out.stdout or "[]"):
+        for a in link.get("addr_info", []):
+            net = ipaddress.ip_network(f"{a['local']}/{a['prefixlen']}", strict=False)
+            if not net.is_link_local:
+                nets.append(net)
+    return nets
 
 
 def main(opts: SpeakerOptions) -> None:
