@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from openelb.protocols import arp
+
 NODE_NS, CLIENT_NS = "olab-bench-node", "olab-bench-client"
 NODE_IP, CLIENT_IP = "198.18.200.1", "198.18.200.2"
 FIRST = int(ipaddress.IPv4Address("198.18.160.0"))
@@ -63,8 +65,6 @@ def teardown() -> None:
 
 def measure(targets: list[str]) -> list[float]:
     """Runs inside the client namespace (this script re-executes itself there)."""
-    from openelb.protocols import arp
-
     mac = arp.mac_from_str(Path("/sys/class/net/eth0/address").read_text().strip())
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(arp.ETH_P_ARP))
     s.bind(("eth0", arp.ETH_P_ARP))
@@ -121,7 +121,7 @@ def main() -> None:
         assert responder.stdout is not None
         ready = responder.stdout.readline().split()
         rss_kb = int(ready[1])
-        rnd = random.Random(7)
+        rnd = random.Random(7)  # noqa: S311 - a reproducible sample, not a secret
         owned = [str(ipaddress.IPv4Address(FIRST + rnd.randrange(args.ips))) for _ in range(args.requests)]
 
         def run(targets: list[str]) -> list[float]:
