@@ -32,7 +32,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class ControllerProcess:
+class DaemonProcess:
+    """A daemon a test starts and stops itself."""
+
+    proc: subprocess.Popen[bytes]
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+class ControllerProcess(DaemonProcess):
     """`openelb controller` run as a real process against the lab apiserver."""
 
     def __init__(self, name: str, kubeconfig: Path, api_ip: str, webhook_port: int = 9443) -> None:
@@ -50,21 +68,6 @@ class ControllerProcess:
             self.proc = subprocess.Popen(
                 argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "KUBECONFIG": str(kubeconfig)}
             )
-
-    def identity_prefix(self) -> str:
-        return os.uname().nodename
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
 
 
 def apply_yaml(kube: Client, text: str, namespace: str | None = None) -> None:
@@ -194,7 +197,7 @@ def settle(seconds: float = 1.0) -> None:
     time.sleep(seconds)
 
 
-class SpeakerProcess:
+class SpeakerProcess(DaemonProcess):
     """`openelb speaker` in a node's namespace, as the DaemonSet pod (hostNetwork) would run it."""
 
     def __init__(self, node: str, netns: str, kubeconfig: Path) -> None:
@@ -206,18 +209,6 @@ class SpeakerProcess:
             self.proc = subprocess.Popen(
                 argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "NODE_NAME": node}
             )
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
 
 
 def in_netns(netns: str, *argv: str, timeout: float = 10) -> subprocess.CompletedProcess[str]:
@@ -248,3 +239,18 @@ def ndisc_mac(netns: str, ip: str) -> str | None:
 
 def iface_mac(netns: str, dev: str = "eth0") -> str:
     return in_netns(netns, "cat", f"/sys/class/net/{dev}/address").stdout.strip().lower()
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Prometheus samples by (name, sorted labels)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text = resp.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }

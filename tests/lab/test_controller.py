@@ -16,6 +16,7 @@ from helpers import (
     events,
     ingress_ips,
     lb_service,
+    scrape,
     settle,
     wait_event,
     wait_ips,
@@ -247,29 +248,16 @@ def test_bgp_objects_basic_validation(kube: Client) -> None:
 def test_metrics_report_pools_allocations_and_latency(
     kube: Client, ns: str, eips: Any, controller: dict[str, Any]
 ) -> None:
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
     pool = eips("metrics-pool", "203.0.113.32/28", namespaces=[ns])
     workloads.apply(kube, lb_service("a", ns), lb_service("b", ns))
     wait_ips(kube, ns, "a")
     wait_ips(kube, ns, "b")
     leader = next(p for p in controller["procs"] if p.alive())
 
-    def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        url = f"http://127.0.0.1:{leader.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            text = resp.read().decode()
-        return {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text)
-            for s in fam.samples
-        }
-
+    url = f"http://127.0.0.1:{leader.metrics_port}/metrics"
     labels = (("eip", pool), ("family", "IPv4"))
     m = workloads.poll(
-        "pool gauges", lambda: (x := scrape()).get(("openelb_pool_addresses_in_use", labels)) == 2 and x, 20
+        "pool gauges", lambda: (x := scrape(url)).get(("openelb_pool_addresses_in_use", labels)) == 2 and x, 20
     )
     assert m[("openelb_pool_addresses_total", labels)] == 16
     assert m[("openelb_allocations_total", ())] >= 2

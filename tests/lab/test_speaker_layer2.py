@@ -21,6 +21,7 @@ from helpers import (
     in_netns,
     lb_service,
     ndisc_mac,
+    scrape,
     wait_event,
     wait_ips,
 )
@@ -64,20 +65,6 @@ def seed(kube: Client, speakers: dict[str, SpeakerProcess]) -> Iterator[str]:
     kube.delete(Service, "layer2-svc", namespace="default")
     kube.delete(Deployment, "layer2-openelb", namespace="default")
     delete_eip(kube, "eip-pool")
-
-
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        text = resp.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-    }
 
 
 def owner_of(lab_plan: LabPlan, mac: str) -> str:

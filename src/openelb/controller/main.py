@@ -5,14 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import socket
-import threading
 import uuid
 from dataclasses import dataclass, field
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from openelb.api import names
 from openelb.controller.ipam import IpamController
@@ -22,6 +19,7 @@ from openelb.controller.webhook import CertManager, dns_names, serve
 from openelb.kube.client import async_client
 from openelb.kube.events import EventRecorder
 from openelb.kube.leader import LeaseElector
+from openelb.runtime import serve_metrics, split_addr, stop_on_signals
 
 log = logging.getLogger("openelb.controller")
 GRACE_SECONDS = 8.0
@@ -44,11 +42,6 @@ class ControllerOptions:
     workers: int = 16
 
 
-def _split_addr(addr: str) -> tuple[str, int]:
-    host, _, port = addr.rpartition(":")
-    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104
-
-
 async def run(opts: ControllerOptions) -> None:
     client = async_client(opts.kubeconfig, field_manager="openelb-controller")
     metrics = Metrics()
@@ -58,27 +51,11 @@ async def run(opts: ControllerOptions) -> None:
     )
     runners: list[web.AppRunner] = []
 
-    async def metrics_handler(_: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def healthz(_: web.Request) -> web.Response:
-        return web.Response(text="ok")
-
-    async def readyz(_: web.Request) -> web.Response:
+    def not_ready() -> str | None:
         # A standby replica is ready (it serves the webhook); the leader once its caches synced.
-        if elector and elector.leading and not ctrl.ready.is_set():
-            return web.Response(status=503, text="syncing caches")
-        return web.Response(text="ok")
+        return "syncing caches" if elector and elector.leading and not ctrl.ready.is_set() else None
 
-    app = web.Application()
-    app.router.add_get("/metrics", metrics_handler)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    host, port = _split_addr(opts.metrics_addr)
-    await web.TCPSite(runner, host, port).start()
-    runners.append(runner)
+    runners.append(await serve_metrics(metrics.registry, opts.metrics_addr, not_ready))
 
     if opts.webhook_addr:
         certs = CertManager(
@@ -90,26 +67,14 @@ async def run(opts: ControllerOptions) -> None:
             opts.webhook_ips,
         )
         await certs.ensure()
-        host, port = _split_addr(opts.webhook_addr)
+        host, port = split_addr(opts.webhook_addr)
         runners.append(await serve(client, certs, host, port))
         refresher = asyncio.create_task(certs.keep_fresh())
     else:
         refresher = None
 
     elector = LeaseElector(client, names.LEADER_LEASE, opts.namespace, opts.identity) if opts.leader_elect else None
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def request_stop() -> None:
-        stop.set()
-        # Graceful shutdown (lease release, closing watches) is bounded: a hung connection must
-        # not keep a terminating pod, and with it the leadership, alive.
-        timer = threading.Timer(GRACE_SECONDS, os._exit, [0])
-        timer.daemon = True
-        timer.start()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, request_stop)
+    stop = stop_on_signals(GRACE_SECONDS)
 
     def on_change(leading: bool) -> None:
         metrics.is_leader.set(1 if leading else 0)

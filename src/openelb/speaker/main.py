@@ -14,21 +14,17 @@ import contextlib
 import ipaddress
 import json
 import logging
-import os
-import signal
 import subprocess
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
-from aiohttp import web
 from lightkube.core.exceptions import ApiError
 from lightkube.resources.core_v1 import ConfigMap, Node, Service
 from lightkube.resources.discovery_v1 import EndpointSlice
 from lightkube.types import PatchType
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from openelb.api import names
@@ -38,6 +34,7 @@ from openelb.kube.events import EventRecorder, Target
 from openelb.kube.informer import Informer
 from openelb.kube.resources import Eip
 from openelb.protocols import heartbeat as hbp
+from openelb.runtime import serve_metrics, stop_on_signals
 from openelb.speaker import desired
 from openelb.speaker.layer2 import Layer2Announcer, LocalAddresses, resolve_interface
 from openelb.speaker.layer2 import stats as layer2_stats
@@ -124,22 +121,6 @@ class Speaker:
                 yield g
 
         self.registry.register(Collector())
-
-    async def _serve_metrics(self) -> web.AppRunner:
-        async def metrics(_: web.Request) -> web.Response:
-            return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-        async def healthz(_: web.Request) -> web.Response:
-            return web.Response(text="ok")
-
-        app = web.Application()
-        app.router.add_get("/metrics", metrics)
-        app.router.add_get("/healthz", healthz)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        host, _, port = self.opts.metrics_addr.rpartition(":")
-        await web.TCPSite(runner, host.strip("[]") or "0.0.0.0", int(port)).start()  # noqa: S104
-        return runner
 
     async def check_kube_proxy(self) -> str | None:
         """Warn (log + Event on our Node) when kube-proxy runs IPVS without strictARP (seed step 2):
@@ -337,7 +318,7 @@ class Speaker:
             lambda: HeartbeatProtocol(self),
             local_addr=("0.0.0.0", self.opts.port),  # noqa: S104 - node port
         )
-        runner = await self._serve_metrics() if self.opts.metrics_addr else None
+        runner = await serve_metrics(self.registry, self.opts.metrics_addr) if self.opts.metrics_addr else None
         informers: list[Informer[Any]] = [self.services, self.slices, self.nodes, self.eips]
         tasks = [asyncio.create_task(i.run()) for i in informers]
         await asyncio.gather(*(i.synced.wait() for i in informers))
@@ -384,17 +365,7 @@ def main(opts: SpeakerOptions) -> None:
     logging.getLogger("httpx2").setLevel(logging.WARNING)
 
     async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-
-        def request_stop() -> None:
-            stop.set()
-            timer = threading.Timer(GRACE_SECONDS, os._exit, [0])
-            timer.daemon = True
-            timer.start()
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, request_stop)
+        stop = stop_on_signals(GRACE_SECONDS)
         await Speaker(opts).run(stop)
 
     asyncio.run(run())

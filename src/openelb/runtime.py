@@ -1,0 +1,63 @@
+"""What both daemons (controller, speaker) need from their process: a bounded graceful stop and
+the plain-HTTP endpoints for Prometheus and probes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+
+def stop_on_signals(grace_seconds: float) -> asyncio.Event:
+    """An Event set by SIGTERM/SIGINT. Graceful shutdown is bounded: after `grace_seconds` the
+    process exits anyway, so a hung connection cannot keep a terminating pod (and a leadership or
+    an announcement with it) alive."""
+    stop = asyncio.Event()
+
+    def request_stop() -> None:
+        stop.set()
+        timer = threading.Timer(grace_seconds, os._exit, [0])
+        timer.daemon = True
+        timer.start()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, request_stop)
+    return stop
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    """`host:port`, `[v6]:port` or `:port` (all addresses)."""
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - a pod's port listens on all addresses
+
+
+async def serve_metrics(
+    registry: CollectorRegistry, addr: str, ready: Callable[[], str | None] | None = None
+) -> web.AppRunner:
+    """/metrics, /healthz and /readyz (`ready` returns why not ready, or None)."""
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def readyz(_: web.Request) -> web.Response:
+        reason = ready() if ready else None
+        return web.Response(status=503, text=reason) if reason else web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    host, port = split_addr(addr)
+    await web.TCPSite(runner, host, port).start()
+    return runner
