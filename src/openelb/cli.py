@@ -55,8 +55,8 @@ def _controller_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     sp.add_argument("--kubeconfig")
     sp.add_argument("--enable-layer2", default="true", choices=("true", "false"))
     sp.add_argument("--bind-port", type=int, default=7946, help="UDP port of speaker heartbeats")
-    sp.add_argument("--heartbeat-interval", type=float, default=0.1, help="seconds between heartbeats")
-    sp.add_argument("--dead-after", type=float, default=0.35, help="seconds without heartbeat = dead")
+    sp.add_argument("--heartbeat-interval", type=float, default=0.05, help="seconds between heartbeats")
+    sp.add_argument("--dead-after", type=float, default=0.2, help="seconds without heartbeat = dead")
     sp.add_argument("--metrics-addr", default="0.0.0.0:50053", help="Prometheus metrics; empty to disable")
 
 

@@ -290,3 +290,44 @@ def test_ipvs_without_strict_arp_is_reported(
         assert "strictARP" in wait_event(kube, "default", "node-1", "IPVSWithoutStrictARP")
     finally:
         kube.delete(ConfigMap, "kube-proxy", namespace="kube-system")
+
+
+def _neigh_mac(client: str, ip: str) -> str | None:
+    out = in_netns(client, "ip", "neigh", "show", ip).stdout.split()
+    return out[out.index("lladdr") + 1].lower() if "lladdr" in out else None
+
+
+def _reach_again(lab_plan: LabPlan, ip: str, old: str, limit: float = 5) -> str:
+    """Poll with curl until the IP answers through another node; that node's MAC must then be
+    in the client's neighbour table (learned from the gratuitous burst or a fresh ARP)."""
+    client = lab_plan.client.netns
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        ok = in_netns(client, "curl", "-s", "--max-time", "0.5", f"http://{ip}/").stdout.startswith("You've hit")
+        mac = _neigh_mac(client, ip)
+        if ok and mac and mac != old:
+            return mac
+        time.sleep(0.05)
+    raise AssertionError(f"{ip} not reachable through another node within {limit}s")
+
+
+@pytest.mark.parametrize("failure", ["link-down", "power-off"])
+def test_owner_link_loss_and_power_off(
+    lab_plan: LabPlan, seed: str, speakers: dict[str, SpeakerProcess], failure: str
+) -> None:
+    client = lab_plan.client.netns
+    old = workloads.poll("an owner", lambda: (m := arping_macs(client, seed, 1, 1)) and m[0], 10)
+    owner = lab_plan.node(owner_of(lab_plan, old))
+    if failure == "power-off":  # every OpenELB process on it dies and its link goes dark
+        speakers[owner.name].stop(signal.SIGKILL)
+    in_netns(owner.netns, "ip", "link", "set", "eth0", "down")
+    try:
+        new = _reach_again(lab_plan, seed, old)
+        assert new in {iface_mac(n.netns) for n in lab_plan.nodes if n is not owner}
+    finally:
+        in_netns(owner.netns, "ip", "link", "set", "eth0", "up")
+        if failure == "power-off":
+            kc = Paths(lab.state_dir()).kubeconfig("admin")
+            speakers[owner.name] = SpeakerProcess(owner.name, owner.netns, kc)
+        # back to one answer once the node is back
+        workloads.poll("one owner again", lambda: len(set(arping_macs(client, seed, 2, 0.5))) == 1, 15)

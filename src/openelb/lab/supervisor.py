@@ -1,5 +1,5 @@
 """`openelb lab supervise -- CMD...`: restart CMD whenever it exits, as the kubelet restarts a
-DaemonSet pod's container (back-off from 1 s up to 10 s; reset after 30 s of good running).
+DaemonSet pod's container (1 s, then back-off up to 10 s for a child that keeps dying within 3 s).
 SIGTERM/SIGINT stop the child and the supervisor."""
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ def supervise(argv: list[str]) -> int:
         if stopping:
             break
         ran = time.monotonic() - started
-        backoff = 1.0 if ran > 30 else min(backoff * 2, 10.0)
+        backoff = 1.0 if ran > 3 else min(backoff * 2, 10.0)
         print(
             f"[supervise] {argv[0]} exited with {code} after {ran:.1f}s; restarting in {backoff:.0f}s",
             file=sys.stderr,
             flush=True,
         )
-        time.sleep(backoff / 2 if ran > 30 else backoff)
+        time.sleep(backoff)
     if child and child.poll() is None:
         try:
             child.wait(10)

@@ -65,7 +65,7 @@ class Membership:
     """Who is alive, from heartbeats: a node is alive while heard within `timeout` seconds."""
 
     me: str
-    timeout: float = 0.35
+    timeout: float = 0.2
     _last: dict[str, float] = field(default_factory=dict)
     _seq: dict[str, int] = field(default_factory=dict)
 

@@ -49,8 +49,8 @@ class SpeakerOptions:
     kubeconfig: str | None = None
     key: bytes = b"openelb-speakers"
     port: int = 7946
-    interval: float = 0.1
-    dead_after: float = 0.35
+    interval: float = 0.05
+    dead_after: float = 0.2
     enable_layer2: bool = True
     local_addresses: bool = True
     metrics_addr: str = "0.0.0.0:50053"

@@ -1,0 +1,197 @@
+"""Layer2 failover benchmark: HTTP outage seen by a client when the owner of an IP fails.
+
+    sudo .venv/bin/python bench/failover.py [--runs 20]
+
+Uses the lab with OpenELB installed by `openelb lab demo` (or installs it): the seed's
+`layer2-svc`. A prober in the client namespace opens a new TCP connection and sends an HTTP GET
+every 10 ms; for each failure kind the owner node is hit while probing, and the outage is the gap
+from the last success before the failure to the first success after it. Kinds: SIGKILL of the
+owner's speaker (its supervisor restarts it, as a DaemonSet would), the owner's link going down,
+and a graceful stop (SIGTERM). Targets (issue 4): p50 <= 300 ms and p99 <= 1 s on SIGKILL and link
+loss, <= 100 ms on graceful stop. Also printed: create-to-first-ARP-answer latency for new Services.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from lightkube.resources.core_v1 import Service
+
+from openelb.kube.client import sync_client
+from openelb.lab import install, lab, netns, processes, workloads
+from openelb.lab.components import Paths
+
+PROBER = r"""
+import socket, sys, time, json
+ip, seconds = sys.argv[1], float(sys.argv[2])
+ok = []
+t0 = time.monotonic()
+while time.monotonic() - t0 < seconds:
+    t = time.monotonic()
+    try:
+        s = socket.create_connection((ip, 80), timeout=0.1)
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        data = b""
+        while chunk := s.recv(4096):  # HTTP/1.0: the server closes after the body
+            data += chunk
+        s.close()
+        if b"You've hit" in data:
+            ok.append(time.monotonic() - t0)
+    except OSError:
+        pass
+    time.sleep(max(0.0, 0.01 - (time.monotonic() - t)))
+print(json.dumps(ok))
+"""
+
+
+def arp_owner(client_ns: str, ip: str, macs: dict[str, str], wait: float = 1.0) -> str | None:
+    out = subprocess.run(
+        netns.exec_argv(client_ns, ["arping", "-c", "1", "-w", str(wait), "-I", "eth0", ip]),
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    for word in out.replace("(", " ").split():
+        if word.lower() in macs:
+            return macs[word.lower()]
+    return None
+
+
+def path_owner(client_ns: str, ip: str, macs: dict[str, str]) -> str | None:
+    """The node the client actually sends to: its neighbour entry for `ip` (every node's
+    kube-proxy forwards the IP, so only the client's neighbour table decides the path)."""
+    out = subprocess.run(
+        netns.exec_argv(client_ns, ["ip", "neigh", "show", ip]), capture_output=True, text=True, check=False
+    ).stdout.split()
+    if "lladdr" in out and out[-1] in ("REACHABLE", "STALE", "DELAY", "PROBE", "PERMANENT"):
+        return macs.get(out[out.index("lladdr") + 1].lower())
+    return None
+
+
+def speaker_pid(paths: Paths, node: str) -> int | None:
+    """The speaker process under the lab supervisor of `node`."""
+    sup = next((d for d in processes.recorded(paths.state) if d.name == f"openelb-speaker-{node}"), None)
+    if sup is None:
+        return None
+    children = Path(f"/proc/{sup.pid}/task/{sup.pid}/children").read_text().split()
+    return int(children[0]) if children else None
+
+
+def outage(successes: list[float]) -> float:
+    """One failure per run: the outage is the longest gap between two successful probes (ms)."""
+    if len(successes) < 2:
+        return float("inf")
+    return max(b - a for a, b in itertools.pairwise(successes)) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--creates", type=int, default=10, help="Services for create-to-first-ARP latency")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("run as root (the lab)")
+    paths = Paths(lab.state_dir())
+    plan = lab.load_plan(paths) if lab.is_healthy(paths) else lab.up(3)
+    assert plan is not None
+    client = sync_client(paths.kubeconfig("admin"), field_manager="openelb-bench")
+    install.install(client, plan, paths)
+    seed = Path(__file__).resolve().parents[1] / "examples" / "seed"
+    for name in ("layer2-eip.yaml", "layer2-deployment.yaml", "layer2-svc.yaml"):
+        for doc in yaml.safe_load_all((seed / name).read_text()):
+            if doc["kind"] != "Eip":
+                doc["metadata"].setdefault("namespace", "default")
+            workloads.apply(client, doc)
+    ip = workloads.poll(
+        "EXTERNAL-IP",
+        lambda: (
+            (s := client.get(Service, "layer2-svc", namespace="default")).status
+            and s.status.loadBalancer
+            and s.status.loadBalancer.ingress
+            and s.status.loadBalancer.ingress[0].ip
+        ),
+        60,
+    )
+    macs: dict[str, str] = {}
+    for node in plan.nodes:
+        out = subprocess.run(
+            netns.exec_argv(node.netns, ["cat", "/sys/class/net/eth0/address"]),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        macs[out.stdout.strip().lower()] = node.name
+    client_ns = plan.client.netns
+    workloads.poll("an ARP answer", lambda: arp_owner(client_ns, ip, macs), 30)
+    results: dict[str, list[float]] = {"sigkill": [], "link-down": [], "graceful": []}
+    for kind, outages in results.items():
+        for run in range(args.runs):
+            workloads.poll("a stable owner", lambda: arp_owner(client_ns, ip, macs), 30)
+            subprocess.run(
+                netns.exec_argv(client_ns, ["curl", "-s", "--max-time", "1", f"http://{ip}/"]),
+                capture_output=True,
+                check=False,
+            )
+            owner = path_owner(client_ns, ip, macs) or arp_owner(client_ns, ip, macs)
+            assert owner is not None
+            node = plan.node(owner)
+            prober = subprocess.Popen(
+                netns.exec_argv(client_ns, [sys.executable, "-c", PROBER, ip, "3.0"]), stdout=subprocess.PIPE, text=True
+            )
+            time.sleep(1.0)
+            if kind == "link-down":
+                subprocess.run(["ip", "-n", node.netns, "link", "set", "eth0", "down"], check=True)
+            else:
+                pid = speaker_pid(paths, owner)
+                if pid:
+                    os.kill(pid, signal.SIGKILL if kind == "sigkill" else signal.SIGTERM)
+            probed, _ = prober.communicate(timeout=30)
+            outages.append(outage(json.loads(probed)))
+            if kind == "link-down":
+                subprocess.run(["ip", "-n", node.netns, "link", "set", "eth0", "up"], check=True)
+            time.sleep(3.0)  # supervisor restart / link back, then a single owner again
+            print(f"  {kind:9} run {run + 1:>2}/{args.runs}: outage {outages[-1]:7.0f} ms", flush=True)
+
+    first_arp = []
+    for i in range(args.creates):
+        want = f"198.18.0.{201 + i}"
+        svc = workloads.service(
+            f"arp-{i}",
+            "default",
+            "layer2-openelb",
+            type_="LoadBalancer",
+            dual_stack=False,
+            annotations={"lb.kubesphere.io/v1alpha1": "openelb", "eip.openelb.kubesphere.io/v1alpha1": want},
+        )
+        t0 = time.monotonic()
+        workloads.apply(client, svc)
+        workloads.poll(f"ARP for {want}", lambda w=want: arp_owner(client_ns, w, macs, 0.05), 20, interval=0.0)
+        first_arp.append((time.monotonic() - t0) * 1000)
+        client.delete(Service, f"arp-{i}", namespace="default")
+
+    print()
+    if first_arp:
+        fa = sorted(first_arp)
+        print(
+            f"create-to-first-ARP-answer: p50 {statistics.median(fa):.0f} ms, max {fa[-1]:.0f} ms ({len(fa)} Services)"
+        )
+    print(f"{'failure':10} {'runs':>5} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    for kind, vals in results.items():
+        v = sorted(vals)
+        p99 = v[min(len(v) - 1, int(len(v) * 0.99))]
+        print(f"{kind:10} {len(v):>5} {statistics.median(v):>8.0f} {p99:>8.0f} {v[-1]:>8.0f}")
+    print("targets: p50 <= 300 ms, p99 <= 1000 ms (SIGKILL, link loss); <= 100 ms graceful")
+
+
+if __name__ == "__main__":
+    main()
