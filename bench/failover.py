@@ -28,7 +28,7 @@ import yaml
 from lightkube.resources.core_v1 import Service
 
 from openelb.kube.client import sync_client
-from openelb.lab import install, lab, netns, processes, workloads
+from openelb.lab import install, lab, netns, processes, topology, workloads
 from openelb.lab.components import Paths
 
 PROBER = r"""
@@ -150,7 +150,7 @@ def main() -> None:
             )
             time.sleep(1.0)
             if kind == "link-down":
-                subprocess.run(["ip", "-n", node.netns, "link", "set", "eth0", "down"], check=True)
+                topology.set_node_link(plan, node, up=False)
             else:
                 pid = speaker_pid(paths, owner)
                 if pid:
@@ -158,7 +158,7 @@ def main() -> None:
             probed, _ = prober.communicate(timeout=30)
             outages.append(outage(json.loads(probed)))
             if kind == "link-down":
-                subprocess.run(["ip", "-n", node.netns, "link", "set", "eth0", "up"], check=True)
+                topology.set_node_link(plan, node, up=True)
             time.sleep(3.0)  # supervisor restart / link back, then a single owner again
             print(f"  {kind:9} run {run + 1:>2}/{args.runs}: outage {outages[-1]:7.0f} ms", flush=True)
 

@@ -35,13 +35,15 @@ def lab_plan() -> Iterator[LabPlan]:
     if binaries.find() is None:
         # Built by scripts/setup; building here too keeps `pytest` alone working on a fresh clone.
         binaries.ensure(build=True)
-    was_up = lab.is_healthy(Paths(lab.state_dir()))
+    # Tests own their lab: a running one (say, the demo's, with OpenELB installed) is replaced,
+    # so no earlier state or process can leak into the results.
+    if lab.load_plan(Paths(lab.state_dir())) is not None:
+        lab.down(quiet=True)
     plan = lab.up(3)
     try:
         yield plan
     finally:
-        # A lab the user had running is left alone; ours is removed (test_zz_down may have done it).
-        if not was_up and lab.load_plan(Paths(lab.state_dir())) is not None:
+        if lab.load_plan(Paths(lab.state_dir())) is not None:  # test_zz_down may have done it
             lab.down(quiet=True)
 
 

@@ -29,7 +29,7 @@ from lightkube import Client
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import ConfigMap, Pod, Service
 
-from openelb.lab import lab, workloads
+from openelb.lab import lab, topology, workloads
 from openelb.lab.components import Paths
 from openelb.lab.plan import LabPlan
 
@@ -320,12 +320,12 @@ def test_owner_link_loss_and_power_off(
     owner = lab_plan.node(owner_of(lab_plan, old))
     if failure == "power-off":  # every OpenELB process on it dies and its link goes dark
         speakers[owner.name].stop(signal.SIGKILL)
-    in_netns(owner.netns, "ip", "link", "set", "eth0", "down")
+    topology.set_node_link(lab_plan, owner, up=False)
     try:
         new = _reach_again(lab_plan, seed, old)
         assert new in {iface_mac(n.netns) for n in lab_plan.nodes if n is not owner}
     finally:
-        in_netns(owner.netns, "ip", "link", "set", "eth0", "up")
+        topology.set_node_link(lab_plan, owner, up=True)
         if failure == "power-off":
             kc = Paths(lab.state_dir()).kubeconfig("admin")
             speakers[owner.name] = SpeakerProcess(owner.name, owner.netns, kc)

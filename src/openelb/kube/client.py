@@ -5,10 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import httpx2
 from lightkube import AsyncClient, Client, KubeConfig
-
-WATCH_TIMEOUT = httpx2.Timeout(10.0, read=None)
 
 
 def load_config(kubeconfig: str | Path | None = None) -> KubeConfig:

@@ -23,6 +23,7 @@ from openelb.lab.plan import (
     WAN_V6,
     Host,
     LabPlan,
+    NodePlan,
 )
 
 
@@ -89,18 +90,32 @@ def _attach_host(plan: LabPlan, host: Host, index: int) -> None:
         netns.ip_batch(cmds, netns=host.netns)
 
 
+def node_routes(plan: LabPlan, node: NodePlan) -> list[str]:
+    """A node's routes (idempotent `replace`): service CIDRs on the LAN, other nodes' pod CIDRs."""
+    cmds = [
+        # Locally originated traffic to a ClusterIP needs a route before kube-proxy's DNAT.
+        f"route replace {SERVICE_CIDR_V4} dev eth0",
+        f"route replace {SERVICE_CIDR_V6} dev eth0",
+    ]
+    for other in plan.nodes:
+        if other is not node:
+            cmds.append(f"route replace {other.pod_cidr_v4} via {other.lan_v4}")
+            cmds.append(f"route replace {other.pod_cidr_v6} via {other.lan_v6}")
+    return cmds
+
+
+def set_node_link(plan: LabPlan, node: NodePlan, up: bool) -> None:
+    """Take a node's LAN link down or bring it back (failure tests). The kernel drops the routes
+    of a link that goes down, so bringing it up restores them too, as a node's network
+    configuration would after a cable is plugged back."""
+    netns.ip_batch([f"link set eth0 {'up' if up else 'down'}"], netns=node.netns)
+    if up:
+        netns.ip_batch(node_routes(plan, node), netns=node.netns)
+
+
 def _routes(plan: LabPlan) -> None:
     for node in plan.nodes:
-        cmds = [
-            # Locally originated traffic to a ClusterIP needs a route before kube-proxy's DNAT.
-            f"route add {SERVICE_CIDR_V4} dev eth0",
-            f"route add {SERVICE_CIDR_V6} dev eth0",
-        ]
-        for other in plan.nodes:
-            if other is not node:
-                cmds.append(f"route add {other.pod_cidr_v4} via {other.lan_v4}")
-                cmds.append(f"route add {other.pod_cidr_v6} via {other.lan_v6}")
-        netns.ip_batch(cmds, netns=node.netns)
+        netns.ip_batch(node_routes(plan, node), netns=node.netns)
         # Pods reach the apiserver (root ns) and other lab hosts masqueraded as their node, as a
         # CNI's ipMasq does: the root namespace has no route to pod CIDRs and must never need one.
         netns.run(
