@@ -202,7 +202,8 @@ def test_local_traffic_policy_follows_the_pods(
         (ip,) = wait_ips(kube, ns, "etp")
         mac = workloads.poll("ARP from node-2", lambda: (m := arping_macs(client, ip, count=1, wait=1)) and m[0], 20)
         assert mac == iface_mac(lab_plan.node("node-2").netns)
-        assert workloads.http_get(client, workloads.url(ip, 80)).strip() == "You've hit p1"
+        # kube-proxy programs the new Service's local endpoint on its own sync period: retry briefly
+        assert workloads.collect_pod_names(client, workloads.url(ip, 80), 1, timeout=10)[-1:] == ["p1"]
         # move the only endpoint to node-3: the announcement follows it
         kube.delete(Pod, "p1", namespace=ns)
         workloads.apply(kube, _pinned_pod("p2", ns, "node-3", "etp"))
