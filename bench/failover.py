@@ -112,16 +112,7 @@ def main() -> None:
             if doc["kind"] != "Eip":
                 doc["metadata"].setdefault("namespace", "default")
             workloads.apply(client, doc)
-    ip = workloads.poll(
-        "EXTERNAL-IP",
-        lambda: (
-            (s := client.get(Service, "layer2-svc", namespace="default")).status
-            and s.status.loadBalancer
-            and s.status.loadBalancer.ingress
-            and s.status.loadBalancer.ingress[0].ip
-        ),
-        60,
-    )
+    ip = workloads.external_ip(client, "default", "layer2-svc")
     macs: dict[str, str] = {}
     for node in plan.nodes:
         out = subprocess.run(

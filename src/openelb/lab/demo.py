@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 from lightkube import Client
-from lightkube.resources.core_v1 import Service
 
 from openelb.kube.client import sync_client
 from openelb.kube.resources import Eip
@@ -74,16 +73,7 @@ def seed_walkthrough(client: Client, plan: LabPlan, paths: Paths, kubectl: str, 
     for name in ("layer2-eip.yaml", "layer2-deployment.yaml", "layer2-svc.yaml"):
         print(f"$ kubectl apply -f examples/seed/{name}", flush=True)
         subprocess.run([kubectl, kc, "apply", "-f", str(seed / name)], check=True)
-    ip = workloads.poll(
-        "the EXTERNAL-IP",
-        lambda: (
-            (s := client.get(Service, "layer2-svc", namespace="default")).status
-            and s.status.loadBalancer
-            and s.status.loadBalancer.ingress
-            and s.status.loadBalancer.ingress[0].ip
-        ),
-        60,
-    )
+    ip = workloads.external_ip(client, "default", "layer2-svc")
     workloads.poll("eip usage", lambda: (client.get(Eip, "eip-pool").get("status") or {}).get("usage") == 1, 30)
     for what in (["get", "eip"], ["get", "svc"]):
         print(f"$ kubectl {' '.join(what)}", flush=True)

@@ -112,6 +112,17 @@ def ready_endpoints(client: Client, namespace: str, service_name: str) -> dict[s
     return out
 
 
+def external_ip(client: Client, namespace: str, name: str, timeout: float = 60) -> str:
+    """Wait for a LoadBalancer Service's first ingress IP."""
+
+    def first() -> str | None:
+        svc = client.get(Service, name, namespace=namespace)
+        lb = svc.status.loadBalancer if svc.status else None
+        return lb.ingress[0].ip if lb and lb.ingress else None
+
+    return str(poll(f"the EXTERNAL-IP of {namespace}/{name}", first, timeout))
+
+
 def node_port(client: Client, namespace: str, name: str) -> int:
     svc = client.get(Service, name, namespace=namespace)
     assert svc.spec is not None and svc.spec.ports
