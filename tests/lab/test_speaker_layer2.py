@@ -43,7 +43,7 @@ def speakers(lab_plan: LabPlan, controller: dict[str, Any]) -> Iterator[dict[str
     kc = Paths(lab.state_dir()).kubeconfig("admin")
     procs = {n.name: SpeakerProcess(n.name, n.netns, kc) for n in lab_plan.nodes}
     try:
-        time.sleep(1.5)  # informers synced, peers heard
+        wait_all_announcing(lab_plan)
         yield procs
     finally:
         for p in procs.values():
@@ -65,6 +65,17 @@ def seed(kube: Client, speakers: dict[str, SpeakerProcess]) -> Iterator[str]:
     kube.delete(Service, "layer2-svc", namespace="default")
     kube.delete(Deployment, "layer2-openelb", namespace="default")
     delete_eip(kube, "eip-pool")
+
+
+def wait_all_announcing(lab_plan: LabPlan, timeout: float = 30) -> None:
+    """Every speaker is up and hears every other one as ALIVE (past its initial JOINING phase)."""
+    count = len(lab_plan.nodes)
+
+    def ready() -> bool:
+        urls = [f"http://{n.lan_v4}:50053/metrics" for n in lab_plan.nodes]
+        return all(scrape(u).get(("openelb_speaker_live_peers", ())) == count for u in urls)
+
+    workloads.poll("all speakers announcing", ready, timeout)
 
 
 def owner_of(lab_plan: LabPlan, mac: str) -> str:

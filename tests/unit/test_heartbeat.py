@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from openelb.protocols.heartbeat import ALIVE, LEAVING, Heartbeat, HeartbeatError, Membership, decode, encode
+from openelb.protocols.heartbeat import ALIVE, JOINING, LEAVING, Heartbeat, HeartbeatError, Membership, decode, encode
 
 KEY = b"k" * 16
 
@@ -37,3 +37,11 @@ def test_membership_alive_expiry_leaving_and_replay() -> None:
     assert m.receive(Heartbeat("b", 3), now=1.0) is True
     assert m.receive(Heartbeat("b", 4, LEAVING), now=1.1) is True and m.alive() == {"me"}
     assert m.receive(Heartbeat("me", 99), now=1.2) is False  # our own echo
+
+
+def test_joining_is_not_a_candidate_until_alive() -> None:
+    m = Membership("me")
+    assert m.receive(Heartbeat("b", 1, JOINING), now=0.0) is False and m.alive() == {"me"}
+    assert m.receive(Heartbeat("b", 2, ALIVE), now=0.05) is True and m.alive() == {"me", "b"}
+    # a restarted speaker says JOINING again: it stops being a candidate until it announces
+    assert m.receive(Heartbeat("b", 3, JOINING), now=0.1) is True and m.alive() == {"me"}

@@ -1,6 +1,6 @@
 """Speaker heartbeats: a tiny authenticated UDP message, and the membership it feeds (sans-IO).
 
-Message: b"OELB" | version (1) | kind (1: alive, 2: leaving) | seq (u64) | name length (u8) | name
+Message: b"OELB" | version (1) | kind (1: alive, 2: leaving, 3: joining) | seq (u64) | name length (u8) | name
 | HMAC-SHA256(key, everything before), first 16 bytes. `seq` is the sender's wall clock in
 nanoseconds, so it keeps growing across restarts and replays are refused.
 """
@@ -16,6 +16,8 @@ MAGIC = b"OELB"
 VERSION = 1
 ALIVE = 1
 LEAVING = 2
+JOINING = 3
+"""Up but not announcing yet: peers keep their IPs until it says ALIVE (make-before-break)."""
 MAC_LEN = 16
 HEAD = struct.Struct("!4sBBQB")
 
@@ -51,7 +53,7 @@ def decode(data: bytes, key: bytes) -> Heartbeat:
     body, mac = data[:body_len], data[body_len:]
     if not hmac.compare_digest(mac, hmac.new(key, body, hashlib.sha256).digest()[:MAC_LEN]):
         raise HeartbeatError("heartbeat authentication failed (wrong key?)")
-    if kind not in (ALIVE, LEAVING):
+    if kind not in (ALIVE, LEAVING, JOINING):
         raise HeartbeatError(f"unknown heartbeat kind {kind}")
     try:
         node = data[HEAD.size : body_len].decode()
@@ -75,7 +77,7 @@ class Membership:
             return False  # our own echo, or a replay / reordering
         self._seq[hb.node] = hb.seq
         was = hb.node in self._last
-        if hb.kind == LEAVING:
+        if hb.kind in (LEAVING, JOINING):  # not (or no longer) a candidate for any IP
             self._last.pop(hb.node, None)
             return was
         self._last[hb.node] = now

@@ -305,7 +305,9 @@ class Speaker:
 
     async def _heartbeats(self) -> None:
         while True:
-            self._send(hbp.ALIVE)
+            # JOINING until this speaker announces: the current owners keep the IPs until then,
+            # so a returning node takes them over make-before-break.
+            self._send(hbp.ALIVE if self.announcer else hbp.JOINING)
             if self.membership.expire(time.monotonic()):
                 self.recompute_soon()
             await asyncio.sleep(self.opts.interval)
