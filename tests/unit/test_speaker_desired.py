@@ -1,4 +1,12 @@
-from openelb.speaker.desired import EXCLUDE_LABEL, NodeInfo, ServiceInfo, announcements, owner, rank
+from openelb.speaker.desired import (
+    EXCLUDE_LABEL,
+    NodeInfo,
+    ServiceInfo,
+    announcements,
+    heartbeat_peers,
+    owner,
+    rank,
+)
 
 NODES = [NodeInfo("node-1", True), NodeInfo("node-2", True), NodeInfo("node-3", True)]
 ALL = {"node-1", "node-2", "node-3"}
@@ -47,4 +55,31 @@ def test_local_traffic_policy_and_sharing_union() -> None:
     assert announcements(EIPS, [none], NODES, ALL)["198.18.0.200"].owner is None
     shared = [local, svc("ns/b", "198.18.0.200", local=True, eps=("node-3",))]
     ann = announcements(EIPS, shared, NODES, ALL)["198.18.0.200"]
-    assert ann.candidates == ("node-2", "node-3") and ann.services == ("ns/a", "ns/b")
+    assert sorted(ann.candidates) == ["node-2", "node-3"] and ann.services == ("ns/a", "ns/b")
+
+
+def test_candidates_are_the_top_three_and_heartbeats_follow_them() -> None:
+    nodes = [NodeInfo(f"n{i:02d}", True) for i in range(50)]
+    everyone = {n.name for n in nodes}
+    ips = [f"198.18.0.{i}" for i in range(10)]
+    plan = announcements({"pool": ("eth0", ips)}, [svc(f"ns/s{i}", ip) for i, ip in enumerate(ips)], nodes, everyone)
+    for ip in ips:
+        a = plan[ip]
+        assert len(a.candidates) == 3 and a.owner == a.candidates[0]
+        assert list(a.candidates) == sorted(everyone, key=lambda n, ip=ip: rank(n, ip))[:3]
+    # heartbeats: a node sends only to the candidates ranked below it: at most 3 pairs per IP,
+    # however many nodes the cluster has
+    total = sum(len(heartbeat_peers(plan, n)) for n in everyone)
+    assert total <= 3 * len(ips)
+    first = plan[ips[0]]
+    single = {ips[0]: first}
+    top, second, third = first.candidates
+    assert heartbeat_peers(single, top) == {second, third}
+    assert heartbeat_peers(single, second) == {third} and heartbeat_peers(single, third) == set()
+    # the owner dies: the second candidate takes over; a node outside the top three never claims
+    after = announcements({"pool": ("eth0", ips[:1])}, [svc("ns/s0", ips[0])], nodes, everyone - {first.candidates[0]})
+    assert after[ips[0]].owner == first.candidates[1]
+    outsider_view = everyone - set(first.candidates)
+    assert (
+        announcements({"pool": ("eth0", ips[:1])}, [svc("ns/s0", ips[0])], nodes, outsider_view)[ips[0]].owner is None
+    )

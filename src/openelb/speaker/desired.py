@@ -1,11 +1,13 @@
 """Which node announces which IP: a pure function every speaker computes alike.
 
 Inputs are plain snapshots of the API (Eips, Services, EndpointSlices, Nodes) plus the set of
-speakers this speaker currently hears. For each IP of a layer2 Eip in use, the candidates are the
-*eligible* nodes — a live speaker, Ready, not excluded from load balancers, and for
-externalTrafficPolicy Local a ready local endpoint (union over Services sharing the IP, as
-OpenELB) — and the owner is the candidate with the lowest SHA-256 of `node#ip` (OpenELB's hash),
-so that ownership spreads over nodes and moves only for the IPs of a node that left.
+speakers this speaker currently hears. For each IP of a layer2 Eip in use, the *candidates* are
+the first `top` (default 3) eligible nodes — Ready, not excluded from load balancers, and for
+externalTrafficPolicy Local with a ready local endpoint (union over Services sharing the IP, as
+OpenELB) — ranked by the SHA-256 of `node#ip` (OpenELB's hash); the owner is the first candidate
+whose speaker is alive. Ownership spreads over nodes and moves only for the IPs of a node that
+left, and a node only needs the heartbeats of the candidates ranked above it (`heartbeat_peers`),
+so heartbeat traffic follows the IPs a node may own, not the cluster size.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 EXCLUDE_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
+TOP = 3
+"""Candidates per IP. If all of them die at once, the IP waits for the API (Node NotReady)."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ class Announcement:
     owner: str | None
     services: tuple[str, ...]
     candidates: tuple[str, ...]
+    """In rank order."""
 
 
 def rank(node: str, ip: str) -> bytes:
@@ -61,10 +66,11 @@ def announcements(
     services: Iterable[ServiceInfo],
     nodes: Iterable[NodeInfo],
     live: Iterable[str],
+    top: int = TOP,
 ) -> dict[str, Announcement]:
-    """`layer2_eips`: name -> (interface, the IPs of its `status.used`). Returns ip -> announcement."""
+    """`layer2_eips`: name -> (interface, the IPs in use). Returns ip -> announcement."""
     alive = set(live)
-    eligible = sorted(n.name for n in nodes if n.eligible and n.name in alive)
+    eligible = sorted(n.name for n in nodes if n.eligible)
     by_ip: dict[str, list[ServiceInfo]] = {}
     for svc in services:
         for ip in svc.ips:
@@ -81,12 +87,23 @@ def announcements(
                 for s in users:
                     local_nodes |= s.endpoint_nodes if s.local else set(eligible)
                 candidates &= local_nodes
+            ranked = sorted(candidates, key=lambda n, ip=ip: rank(n, ip))[:top]  # type: ignore[misc]
             out[ip] = Announcement(
                 ip,
                 eip_name,
                 interface,
-                owner(ip, candidates),
+                next((n for n in ranked if n in alive), None),
                 tuple(sorted(s.key for s in users)),
-                tuple(sorted(candidates)),
+                tuple(ranked),
             )
     return out
+
+
+def heartbeat_peers(plan: Mapping[str, Announcement], me: str) -> set[str]:
+    """The nodes that must hear my heartbeats: those ranked below me for an IP (they take over
+    when I die). Those ranked above me compute the same and send theirs to me."""
+    peers: set[str] = set()
+    for ann in plan.values():
+        if me in ann.candidates:
+            peers.update(ann.candidates[ann.candidates.index(me) + 1 :])
+    return peers

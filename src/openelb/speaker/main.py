@@ -41,6 +41,9 @@ from openelb.speaker.layer2 import stats as layer2_stats
 
 log = logging.getLogger("openelb.speaker")
 GRACE_SECONDS = 5.0
+FULL_MESH_NODES = 16
+"""Up to this many nodes every speaker heartbeats every other one (cheap, and every speaker then
+knows every other one is up); beyond, only the candidates of shared IPs exchange heartbeats."""
 
 
 @dataclass
@@ -86,6 +89,7 @@ class Speaker:
         self._scheduled = False
         self.transport: asyncio.DatagramTransport | None = None
         self.failovers = 0
+        self._peer_addrs: list[str] = []
         self._eip_cache: dict[tuple[str, str, str], tuple[str, IPRange] | None] = {}
         self.registry = CollectorRegistry()
         self._metrics()
@@ -227,6 +231,7 @@ class Speaker:
     def _recompute(self) -> None:
         self._scheduled = False
         if self.announcer is None:
+            self._update_peers({})  # still JOINING: nothing to claim yet
             return
         eips = self._layer2_eips()
         services = self._service_infos()
@@ -237,6 +242,7 @@ class Speaker:
                     if rng.contains(ip):
                         in_use[name][1].append(ip)
         plan = desired.announcements(in_use, services, self._node_infos(), self.membership.alive())
+        self._update_peers(plan)
         mine = {ip: a.interface for ip, a in plan.items() if a.owner == self.opts.node}
         gained, lost = self.announcer.set_owned(mine)
         self.failovers += len(gained)
@@ -277,16 +283,23 @@ class Speaker:
 
     # ---- heartbeats ----------------------------------------------------------------------
 
-    def _peers(self) -> list[str]:
+    def _update_peers(self, plan: dict[str, desired.Announcement]) -> None:
+        """Whom to send heartbeats to: everyone in a small cluster; otherwise only the candidates
+        ranked below us for our IPs (bounded by the IPs we may own, not by the cluster size)."""
+        wanted = None if len(self.nodes.store) <= FULL_MESH_NODES else desired.heartbeat_peers(plan, self.opts.node)
         out = []
         for node in self.nodes.store.values():
-            if not node.metadata or node.metadata.name == self.opts.node or not node.status:
+            name = node.metadata.name if node.metadata else None
+            if not name or name == self.opts.node or not node.status or (wanted is not None and name not in wanted):
                 continue
             addrs = [a.address for a in node.status.addresses or [] if a.type == "InternalIP"]
             v4 = [a for a in addrs if ipaddress.ip_address(a).version == 4]
             if v4 or addrs:
                 out.append((v4 or addrs)[0])
-        return out
+        self._peer_addrs = out
+
+    def _peers(self) -> list[str]:
+        return self._peer_addrs
 
     def _send(self, kind: int) -> None:
         if self.transport is None:
