@@ -103,6 +103,14 @@ def test_seed_walkthrough_ping_curl_and_one_mac(kube: Client, lab_plan: LabPlan,
     assert metrics[("openelb_speaker_owned_ips", (("family", "IPv4"),))] >= 1
     assert metrics[("openelb_layer2_responses_sent_total", ())] >= 1
     assert metrics[("openelb_speaker_live_peers", ())] == 3
+    rtt = workloads.poll(
+        "heartbeat RTT samples",
+        lambda: scrape(f"http://{lab_plan.node(owner).lan_v4}:50053/metrics").get(
+            ("openelb_speaker_heartbeat_rtt_seconds_count", ())
+        ),
+        10,
+    )
+    assert rtt >= 1
     svc = workloads.poll(
         "announcer annotation",
         lambda: (

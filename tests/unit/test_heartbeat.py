@@ -4,7 +4,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from openelb.protocols.heartbeat import ALIVE, JOINING, LEAVING, Heartbeat, HeartbeatError, Membership, decode, encode
+from openelb.protocols.heartbeat import (
+    ALIVE,
+    JOINING,
+    LEAVING,
+    PROBE,
+    REPLY,
+    Heartbeat,
+    HeartbeatError,
+    Membership,
+    decode,
+    encode,
+)
 
 KEY = b"k" * 16
 
@@ -45,3 +56,12 @@ def test_joining_is_not_a_candidate_until_alive() -> None:
     assert m.receive(Heartbeat("b", 2, ALIVE), now=0.05) is True and m.alive() == {"me", "b"}
     # a restarted speaker says JOINING again: it stops being a candidate until it announces
     assert m.receive(Heartbeat("b", 3, JOINING), now=0.1) is True and m.alive() == {"me"}
+
+
+def test_probes_and_replies_round_trip_and_do_not_touch_liveness() -> None:
+    probe = Heartbeat("a", 123456789, PROBE)
+    assert decode(encode(probe, KEY), KEY) == probe
+    reply = Heartbeat("b", probe.seq, REPLY)  # echoes the probe's seq (the prober's clock)
+    assert decode(encode(reply, KEY), KEY).seq == probe.seq
+    m = Membership("me")
+    assert m.receive(probe, now=0.0) is False and m.receive(reply, now=0.0) is False and m.alive() == {"me"}

@@ -1,8 +1,10 @@
 """Speaker heartbeats: a tiny authenticated UDP message, and the membership it feeds (sans-IO).
 
-Message: b"OELB" | version (1) | kind (1: alive, 2: leaving, 3: joining) | seq (u64) | name length (u8) | name
+Message: b"OELB" | version (1) | kind | seq (u64) | name length (u8) | name
 | HMAC-SHA256(key, everything before), first 16 bytes. `seq` is the sender's wall clock in
-nanoseconds, so it keeps growing across restarts and replays are refused.
+nanoseconds, so it keeps growing across restarts and replays are refused. Kinds: 1 alive,
+2 leaving, 3 joining (liveness); 4 probe and 5 reply (round-trip time: a reply echoes the probe's
+`seq`, so the prober's RTT is its clock now minus that value).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ ALIVE = 1
 LEAVING = 2
 JOINING = 3
 """Up but not announcing yet: peers keep their IPs until it says ALIVE (make-before-break)."""
+PROBE = 4
+REPLY = 5
 MAC_LEN = 16
 HEAD = struct.Struct("!4sBBQB")
 
@@ -53,7 +57,7 @@ def decode(data: bytes, key: bytes) -> Heartbeat:
     body, mac = data[:body_len], data[body_len:]
     if not hmac.compare_digest(mac, hmac.new(key, body, hashlib.sha256).digest()[:MAC_LEN]):
         raise HeartbeatError("heartbeat authentication failed (wrong key?)")
-    if kind not in (ALIVE, LEAVING, JOINING):
+    if kind not in (ALIVE, LEAVING, JOINING, PROBE, REPLY):
         raise HeartbeatError(f"unknown heartbeat kind {kind}")
     try:
         node = data[HEAD.size : body_len].decode()
@@ -73,6 +77,8 @@ class Membership:
 
     def receive(self, hb: Heartbeat, now: float) -> bool:
         """Apply a heartbeat; True when the set of live nodes changed."""
+        if hb.kind in (PROBE, REPLY):
+            return False  # round-trip measurement, not liveness
         if hb.node == self.me or hb.seq <= self._seq.get(hb.node, -1):
             return False  # our own echo, or a replay / reordering
         self._seq[hb.node] = hb.seq

@@ -17,6 +17,7 @@ import socket
 import struct
 import subprocess
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 from openelb.protocols import arp, ndp
@@ -210,6 +211,10 @@ class NdpResponder:
         self.sock.close()
 
 
+def _plen(ip: str) -> int:
+    return 32 if ipaddress.ip_address(ip).version == 4 else 128
+
+
 class LocalAddresses:
     """Owned IPs as /32 and /128 addresses on a dummy link, so the owner answers ping like an
     IPVS-mode node does (kube-proxy's nftables and iptables modes only DNAT the Service ports).
@@ -244,16 +249,16 @@ class LocalAddresses:
             except OSError as exc:
                 log.warning("cannot set %s on %s: %s", knob, ifname, exc)
 
-    def add(self, ip: str) -> None:
-        plen = 32 if ipaddress.ip_address(ip).version == 4 else 128
-        extra = [] if plen == 32 else ["nodad"]
-        subprocess.run(
-            ["ip", "addr", "replace", f"{ip}/{plen}", "dev", self.link, *extra], capture_output=True, check=False
-        )
-
-    def remove(self, ip: str) -> None:
-        plen = 32 if ipaddress.ip_address(ip).version == 4 else 128
-        subprocess.run(["ip", "addr", "del", f"{ip}/{plen}", "dev", self.link], capture_output=True, check=False)
+    def apply(self, add: Iterable[str], remove: Iterable[str]) -> None:
+        """One `ip -batch` for a whole ownership change: a node taking over thousands of IPs must
+        not run a process per IP (nor block its event loop, and so its heartbeats, for seconds)."""
+        lines = [f"addr del {ip}/{_plen(ip)} dev {self.link}" for ip in remove]
+        lines += [
+            f"addr replace {ip}/{_plen(ip)} dev {self.link}" + ("" if _plen(ip) == 32 else " nodad") for ip in add
+        ]
+        if lines:
+            subprocess.run(["ip", "-force", "-batch", "-"], input="\n".join(lines) + "\n", text=True,
+                           capture_output=True, check=False)  # fmt: skip
 
     def close(self) -> None:
         subprocess.run(["ip", "addr", "flush", "dev", self.link], capture_output=True, check=False)
@@ -274,8 +279,6 @@ class Layer2Announcer:
         lost = {ip for ip, ifname in self.owned.items() if wanted.get(ip) != ifname}
         for ip in lost:
             self._disown(ip, self.owned.pop(ip))
-            if self.local:
-                self.local.remove(ip)
         gained = set()
         for ip, ifname in wanted.items():
             if ip in self.owned:
@@ -286,9 +289,9 @@ class Layer2Announcer:
                 log.warning("cannot announce %s on %s: %s", ip, ifname, exc)
                 continue
             self.owned[ip] = ifname
-            if self.local:
-                self.local.add(ip)
             gained.add(ip)
+        if self.local:  # after the responders: the ARP/NDP answers and bursts go out first
+            self.local.apply(gained, lost)
         return gained, lost
 
     def _own(self, ip: str, ifname: str) -> None:

@@ -24,7 +24,7 @@ from lightkube.core.exceptions import ApiError
 from lightkube.resources.core_v1 import ConfigMap, Node, Service
 from lightkube.resources.discovery_v1 import EndpointSlice
 from lightkube.types import PatchType
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from openelb.api import names
@@ -69,6 +69,12 @@ class HeartbeatProtocol(asyncio.DatagramProtocol):
         except hbp.HeartbeatError:
             self.speaker.bad_heartbeats += 1
             return
+        if hb.kind == hbp.PROBE:
+            self.speaker.reply(hb, addr)
+            return
+        if hb.kind == hbp.REPLY:
+            self.speaker.rtt.observe(max(0, time.time_ns() - hb.seq) / 1e9)
+            return
         if self.speaker.membership.receive(hb, time.monotonic()):
             log.info("membership: %s is %s", hb.node, "leaving" if hb.kind == hbp.LEAVING else "alive")
             self.speaker.recompute_soon()
@@ -92,6 +98,12 @@ class Speaker:
         self._peer_addrs: list[str] = []
         self._eip_cache: dict[tuple[str, str, str], tuple[str, IPRange] | None] = {}
         self.registry = CollectorRegistry()
+        self.rtt = Histogram(
+            "openelb_speaker_heartbeat_rtt_seconds",
+            "Round-trip time of heartbeat probes to the peers",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+            registry=self.registry,
+        )
         self._metrics()
 
     def _metrics(self) -> None:
@@ -301,6 +313,12 @@ class Speaker:
     def _peers(self) -> list[str]:
         return self._peer_addrs
 
+    def reply(self, probe: hbp.Heartbeat, addr: tuple[str | Any, int]) -> None:
+        if self.transport is not None and probe.node != self.opts.node:
+            msg = hbp.encode(hbp.Heartbeat(self.opts.node, probe.seq, hbp.REPLY), self.opts.key)
+            with contextlib.suppress(OSError):
+                self.transport.sendto(msg, (addr[0], self.opts.port))
+
     def _send(self, kind: int) -> None:
         if self.transport is None:
             return
@@ -317,7 +335,12 @@ class Speaker:
                 self.announcer.refresh()
 
     async def _heartbeats(self) -> None:
+        probes_every = max(1, round(1.0 / self.opts.interval))  # one RTT probe per peer per second
+        tick = 0
         while True:
+            tick += 1
+            if tick % probes_every == 0:
+                self._send(hbp.PROBE)
             # JOINING until this speaker announces: the current owners keep the IPs until then,
             # so a returning node takes them over make-before-break.
             self._send(hbp.ALIVE if self.announcer else hbp.JOINING)
