@@ -4,8 +4,8 @@ from openelb.speaker.desired import (
     ServiceInfo,
     announcements,
     heartbeat_peers,
-    owner,
     rank,
+    ranked,
 )
 
 NODES = [NodeInfo("node-1", True), NodeInfo("node-2", True), NodeInfo("node-3", True)]
@@ -20,7 +20,7 @@ def svc(key: str, *ips: str, local: bool = False, eps: tuple[str, ...] = ()) -> 
 def test_owner_is_the_lowest_hash_and_all_speakers_agree() -> None:
     ann = announcements(EIPS, [svc("ns/a", "198.18.0.200")], NODES, ALL)
     expected = min(ALL, key=lambda n: rank(n, "198.18.0.200"))
-    assert ann["198.18.0.200"].owner == expected == owner("198.18.0.200", ALL)
+    assert ann["198.18.0.200"].owner == expected == ranked("198.18.0.200", ALL)[0]
     assert ann["198.18.0.200"].interface == "eth0" and ann["198.18.0.200"].services == ("ns/a",)
     assert "198.18.0.201" not in ann  # in the pool but used by nobody: not announced
 

@@ -17,7 +17,6 @@ Services and writes back what it returns. Semantics, beyond OpenELB v0.6:
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -443,7 +442,3 @@ class Allocator:
 
 def _fam_name(fam: int) -> str:
     return "IPv4" if fam == 4 else "IPv6"
-
-
-def family_of(text: str) -> int:
-    return ipaddress.ip_address(text).version

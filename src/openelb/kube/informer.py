@@ -54,7 +54,6 @@ class Informer(Generic[T]):
         self.name = name or getattr(resource, "__name__", "resource")
         self.store: dict[str, T] = {}
         self.synced = asyncio.Event()
-        self.relists = 0
 
     def _scope(self) -> dict[str, Any]:
         scope: dict[str, Any] = {"fields": self.fields, "labels": self.labels}
@@ -71,7 +70,6 @@ class Informer(Generic[T]):
         rv: str = listing.resourceVersion
         old = self.store
         self.store = fresh
-        self.relists += 1
         for key in old.keys() - fresh.keys():
             self.on_change(key)
         for key, obj in fresh.items():

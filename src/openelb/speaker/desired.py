@@ -57,8 +57,9 @@ def rank(node: str, ip: str) -> bytes:
     return hashlib.sha256(f"{node}#{ip}".encode()).digest()
 
 
-def owner(ip: str, candidates: Iterable[str]) -> str | None:
-    return min(candidates, key=lambda n: rank(n, ip), default=None)
+def ranked(ip: str, nodes: Iterable[str], top: int = TOP) -> list[str]:
+    """The `top` nodes of `nodes` in rank order for `ip`."""
+    return sorted(nodes, key=lambda n: rank(n, ip))[:top]
 
 
 def announcements(
@@ -87,14 +88,14 @@ def announcements(
                 for s in users:
                     local_nodes |= s.endpoint_nodes if s.local else set(eligible)
                 candidates &= local_nodes
-            ranked = sorted(candidates, key=lambda n, ip=ip: rank(n, ip))[:top]  # type: ignore[misc]
+            order = ranked(ip, candidates, top)
             out[ip] = Announcement(
                 ip,
                 eip_name,
                 interface,
-                next((n for n in ranked if n in alive), None),
+                next((n for n in order if n in alive), None),
                 tuple(sorted(s.key for s in users)),
-                tuple(ranked),
+                tuple(order),
             )
     return out
 
