@@ -24,15 +24,15 @@ def _lab_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     ex = cmds.add_parser("exec", help="run a command in a lab host's namespace: exec HOST -- CMD...")
     ex.add_argument("host", help="node-N, client, router or remote")
     ex.add_argument("argv", nargs=argparse.REMAINDER)
-    demo = cmds.add_parser("demo", help="deploy two kubia pods behind a NodePort and curl them from the client")
-    demo.add_argument("--namespace", default="demo")
+    demo = cmds.add_parser("demo", help="the seed walkthrough: NodePort check, then OpenELB Layer2 with ping and curl")
+    demo.add_argument("--namespace", default="demo", help="namespace of the NodePort check")
     sup = cmds.add_parser("supervise", help=argparse.SUPPRESS)
     sup.add_argument("argv", nargs=argparse.REMAINDER)
     agent = cmds.add_parser("agent", help=argparse.SUPPRESS)
     agent.add_argument("--node", required=True)
 
 
-def _controller_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _openelb_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from openelb.api import names
 
     c = sub.add_parser("controller", help="IPAM controller, admission webhook and metrics")
@@ -143,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--version", action="version", version=f"openelb {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _lab_parser(sub)
-    _controller_parser(sub)
+    _openelb_parsers(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "lab":
