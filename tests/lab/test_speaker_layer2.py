@@ -351,3 +351,24 @@ def test_owner_link_loss_and_power_off(
             speakers[owner.name] = SpeakerProcess(owner.name, owner.netns, kc)
         # back to one answer once the node is back
         workloads.poll("one owner again", lambda: len(set(arping_macs(client, seed, 2, 0.5))) == 1, 15)
+
+
+def test_interface_by_route_can_reach(
+    kube: Client, lab_plan: LabPlan, ns: str, speakers: dict[str, SpeakerProcess]
+) -> None:
+    router = lab_plan.router.lan_v4
+    workloads.apply(
+        kube, eip("l2-reach", "198.18.0.240-198.18.0.241", protocol="layer2", interface=f"can_reach:{router}")
+    )
+    try:
+        workloads.apply(
+            kube,
+            lb_service(
+                "reach", ns, annotations={"eip.openelb.kubesphere.io/v1alpha2": "l2-reach"}, selector={"app": "x"}
+            ),
+        )
+        (ip,) = wait_ips(kube, ns, "reach")
+        macs = workloads.poll("ARP answer via can_reach", lambda: arping_macs(lab_plan.client.netns, ip, 2, 1), 15)
+        assert len(set(macs)) == 1 and macs[0] in {iface_mac(n.netns) for n in lab_plan.nodes}  # eth0 of the owner
+    finally:
+        delete_eip(kube, "l2-reach")
