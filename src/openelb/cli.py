@@ -50,6 +50,10 @@ def _openelb_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     c.add_argument("--webhook-ip", action="append", default=[], help="extra IP SAN for the webhook certificate")
     c.add_argument("--workers", type=int, default=16, help="concurrent reconciles (API round trips overlap)")
     sub.add_parser("crds", help="print the CustomResourceDefinitions (YAML)")
+    st = sub.add_parser("status", help="pools, Services, IPs, announcing nodes, pending reasons")
+    st.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    st.add_argument("--kubeconfig")
+    st.add_argument("--lb-class", default=names.DEFAULT_LB_CLASS)
     sp = sub.add_parser("speaker", help="announce owned IPs from this node (Layer2: ARP/NDP)")
     sp.add_argument("--node-name", default=os.environ.get("NODE_NAME"), help="this node (env NODE_NAME)")
     sp.add_argument("--kubeconfig")
@@ -152,6 +156,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             sys.exit(_run_controller(args))
         if args.command == "speaker":
             sys.exit(_run_speaker(args))
+        if args.command == "status":
+            from openelb import status as status_view
+            from openelb.controller.servicepolicy import Policy
+            from openelb.kube.client import sync_client
+
+            snapshot = status_view.collect(sync_client(args.kubeconfig), Policy(args.lb_class))
+            print(status_view.render(snapshot, args.output))
         if args.command == "crds":
             from openelb.api.crds import render
 

@@ -372,3 +372,25 @@ def test_interface_by_route_can_reach(
         assert len(set(macs)) == 1 and macs[0] in {iface_mac(n.netns) for n in lab_plan.nodes}  # eth0 of the owner
     finally:
         delete_eip(kube, "l2-reach")
+
+
+def test_status_cli_reports_pools_services_announcer_and_pending(
+    kube: Client, lab_plan: LabPlan, seed: str, ns: str
+) -> None:
+    import json
+    import os
+    import sys
+
+    workloads.apply(kube, lb_service("stuck", ns, annotations={"eip.openelb.kubesphere.io/v1alpha1": "203.0.113.99"}))
+    wait_event(kube, ns, "stuck", "AssignIPFailed")
+    owner = owner_of(lab_plan, arping_macs(lab_plan.client.netns, seed, 1)[0])
+    env = {**os.environ, "KUBECONFIG": str(Paths(lab.state_dir()).kubeconfig("admin"))}
+    plugin = Path(sys.executable).parent / "kubectl-openelb"
+    out = json.loads(subprocess.run([str(plugin), "status", "-o", "json"], capture_output=True, text=True,
+                                    env=env, check=True).stdout)  # fmt: skip
+    pool = next(p for p in out["pools"] if p["name"] == "eip-pool")
+    assert pool["usage"] == 1 and pool["size"] == 11 and pool["protocol"] == "layer2" and pool["default"]
+    svc = next(s for s in out["services"] if s["name"] == "layer2-svc")
+    assert svc["ips"] == [seed] and svc["pool"] == "eip-pool" and svc["announcer"] == owner
+    stuck = next(s for s in out["services"] if s["name"] == "stuck")
+    assert stuck["ips"] == [] and "203.0.113.99" in stuck["pending"]
