@@ -31,10 +31,6 @@ def svc_annotations(svc: Service) -> Mapping[str, str]:
     return (svc.metadata.annotations if svc.metadata else None) or {}
 
 
-def svc_labels(svc: Service) -> Mapping[str, str]:
-    return (svc.metadata.labels if svc.metadata else None) or {}
-
-
 def is_ours(svc: Service, policy: Policy) -> bool:
     """Should this Service get an IP from us (right now)?"""
     spec = svc.spec

@@ -93,9 +93,6 @@ class Allocation:
     ports: frozenset[Port] = frozenset()
     backend_key: str = ""
 
-    def ip_of(self, version: int) -> IPAddress | None:
-        return next((ip for ip in self.ips if ip.version == version), None)
-
     def pool_of(self, ip: IPAddress) -> str:
         return self.pools[self.ips.index(ip)]
 

@@ -170,6 +170,7 @@ class Speaker:
 
     def _layer2_eips(self) -> dict[str, tuple[str, IPRange]]:
         out = {}
+        seen: set[tuple[str, str, str]] = set()
         for obj in self.eips.store.values():
             spec = obj.get("spec") or {}
             md = obj.metadata
@@ -181,6 +182,9 @@ class Speaker:
             resolved = self._eip_cache[key]
             if resolved is not None:
                 out[md.name] = resolved
+            seen.add(key)
+        for stale in self._eip_cache.keys() - seen:  # edited or deleted Eips
+            del self._eip_cache[stale]
         return out
 
     def _resolve(self, obj: Any, interface: str, address: str) -> tuple[str, IPRange] | None:
