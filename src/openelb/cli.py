@@ -54,10 +54,12 @@ def _openelb_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     st.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
     st.add_argument("--kubeconfig")
     st.add_argument("--lb-class", default=names.DEFAULT_LB_CLASS)
-    sp = sub.add_parser("speaker", help="announce owned IPs from this node (Layer2: ARP/NDP)")
+    sp = sub.add_parser("speaker", help="announce owned IPs from this node (Layer2: ARP/NDP; BGP)")
     sp.add_argument("--node-name", default=os.environ.get("NODE_NAME"), help="this node (env NODE_NAME)")
     sp.add_argument("--kubeconfig")
     sp.add_argument("--enable-layer2", default="true", choices=("true", "false"))
+    sp.add_argument("--enable-bgp", default="true", choices=("true", "false"), help="BGP mode (BgpConf/BgpPeer)")
+    sp.add_argument("--bgp-status-interval", type=float, default=30.0, help="seconds between BGP status writes")
     sp.add_argument("--bind-port", type=int, default=7946, help="UDP port of speaker heartbeats")
     sp.add_argument("--heartbeat-interval", type=float, default=0.05, help="seconds between heartbeats")
     sp.add_argument("--dead-after", type=float, default=0.2, help="seconds without heartbeat = dead")
@@ -99,6 +101,8 @@ def _run_speaker(args: argparse.Namespace) -> int:
             interval=args.heartbeat_interval,
             dead_after=args.dead_after,
             enable_layer2=args.enable_layer2 == "true",
+            enable_bgp=args.enable_bgp == "true",
+            bgp_status_interval=args.bgp_status_interval,
             metrics_addr=args.metrics_addr,
         )
     )

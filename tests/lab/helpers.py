@@ -200,11 +200,12 @@ def settle(seconds: float = 1.0) -> None:
 class SpeakerProcess(DaemonProcess):
     """`openelb speaker` in a node's namespace, as the DaemonSet pod (hostNetwork) would run it."""
 
-    def __init__(self, node: str, netns: str, kubeconfig: Path) -> None:
+    def __init__(self, node: str, netns: str, kubeconfig: Path, *extra: str) -> None:
         self.node = node
         self.netns = netns
         self.log = Path(f"/tmp/openelb-test-speaker-{node}-{os.getpid()}.log")
         argv = ["ip", "netns", "exec", netns, sys.executable, "-m", "openelb", "speaker", f"--kubeconfig={kubeconfig}"]
+        argv += extra
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "NODE_NAME": node}

@@ -96,6 +96,9 @@ def node_routes(plan: LabPlan, node: NodePlan) -> list[str]:
         # Locally originated traffic to a ClusterIP needs a route before kube-proxy's DNAT.
         f"route replace {SERVICE_CIDR_V4} dev eth0",
         f"route replace {SERVICE_CIDR_V6} dev eth0",
+        # Replies to clients behind the router (BGP mode) go back through it.
+        f"route replace {WAN_V4} via {plan.router.lan_v4}",
+        f"route replace {WAN_V6} via {plan.router.lan_v6}",
     ]
     for other in plan.nodes:
         if other is not node:

@@ -26,6 +26,12 @@ class NodeInfo:
     name: str
     ready: bool
     labels: Mapping[str, str] = field(default_factory=dict)
+    addresses: tuple[str, ...] = ()
+    """InternalIPs in the Node's order."""
+
+    def address(self, version: int) -> str | None:
+        """The next hop for IPs of one family: the first InternalIP of that family."""
+        return next((a for a in self.addresses if (":" in a) == (version == 6)), None)
 
     @property
     def eligible(self) -> bool:
@@ -108,3 +114,43 @@ def heartbeat_peers(plan: Mapping[str, Announcement], me: str) -> set[str]:
         if me in ann.candidates:
             peers.update(ann.candidates[ann.candidates.index(me) + 1 :])
     return peers
+
+
+def bgp_next_hops(  # noqa: PLR0917
+    ips: Iterable[str],
+    services: Iterable[ServiceInfo],
+    nodes: Iterable[NodeInfo],
+    live: Iterable[str] | None,
+    rack: str | None = None,
+    rack_label: str = "openelb.kubesphere.io/rack",
+) -> dict[str, tuple[str, ...]]:
+    """BGP mode: for each IP of a bgp Eip in use, the next hops routers may send its traffic to —
+    the addresses of the eligible nodes whose speaker is alive (`live`; None = do not filter),
+    only nodes with a ready local endpoint for externalTrafficPolicy Local, and only nodes of this
+    speaker's rack when it has one (as OpenELB). An IP without any next hop is withdrawn."""
+    alive = None if live is None else set(live)
+    usable = [
+        n
+        for n in nodes
+        if n.eligible and (alive is None or n.name in alive) and (rack is None or n.labels.get(rack_label) == rack)
+    ]
+    by_ip: dict[str, list[ServiceInfo]] = {}
+    for svc in services:
+        for ip in svc.ips:
+            by_ip.setdefault(ip, []).append(svc)
+    out: dict[str, tuple[str, ...]] = {}
+    for ip in ips:
+        users = by_ip.get(ip, [])
+        if not users:
+            continue
+        chosen = usable
+        if any(s.local for s in users):
+            local: set[str] = set()
+            for s in users:
+                local |= s.endpoint_nodes if s.local else {n.name for n in usable}
+            chosen = [n for n in usable if n.name in local]
+        version = 6 if ":" in ip else 4
+        hops = sorted({a for n in chosen if (a := n.address(version))})
+        if hops:
+            out[ip] = tuple(hops)
+    return out

@@ -36,6 +36,7 @@ from openelb.kube.resources import Eip
 from openelb.protocols import heartbeat as hbp
 from openelb.runtime import serve_metrics, stop_on_signals
 from openelb.speaker import desired
+from openelb.speaker.bgp.mode import BgpMode
 from openelb.speaker.layer2 import Layer2Announcer, LocalAddresses, resolve_interface
 from openelb.speaker.layer2 import stats as layer2_stats
 
@@ -55,6 +56,8 @@ class SpeakerOptions:
     interval: float = 0.05
     dead_after: float = 0.2
     enable_layer2: bool = True
+    enable_bgp: bool = True
+    bgp_status_interval: float = 30.0
     local_addresses: bool = True
     metrics_addr: str = "0.0.0.0:50053"
 
@@ -89,9 +92,16 @@ class Speaker:
         self.bad_heartbeats = 0
         self.services: Informer[Service] = Informer(self.client, Service, self._changed)
         self.slices: Informer[EndpointSlice] = Informer(self.client, EndpointSlice, self._changed)
-        self.nodes: Informer[Node] = Informer(self.client, Node, self._changed)
+        self.nodes: Informer[Node] = Informer(self.client, Node, self._node_changed)
         self.eips: Informer[Any] = Informer(self.client, Eip, self._changed, name="Eip")
         self.announcer: Layer2Announcer | None = None
+        self.ready = False
+        """False while joining: heard the other speakers yet, claims nothing."""
+        self.bgp = (
+            BgpMode(self.client, opts.node, self.recorder, self._own_node, opts.bgp_status_interval)
+            if opts.enable_bgp
+            else None
+        )
         self._scheduled = False
         self.transport: asyncio.DatagramTransport | None = None
         self.failovers = 0
@@ -160,6 +170,18 @@ class Speaker:
 
     def _changed(self, _key: str) -> None:
         self.recompute_soon()
+
+    def _node_changed(self, key: str) -> None:
+        self.recompute_soon()
+        if key == self.opts.node and self.bgp is not None:
+            self.bgp.node_changed()
+
+    def _own_node(self) -> tuple[tuple[str, ...], dict[str, str]] | None:
+        node = self.nodes.store.get(self.opts.node)
+        if node is None or node.status is None:
+            return None
+        addrs = tuple(a.address for a in node.status.addresses or [] if a.type == "InternalIP")
+        return addrs, dict((node.metadata.labels if node.metadata else None) or {})
 
     def recompute_soon(self) -> None:
         if not self._scheduled:
@@ -239,25 +261,36 @@ class Speaker:
             conds = node.status.conditions if node.status else None
             ready = any(c.type == "Ready" and c.status == "True" for c in conds or [])
             md = node.metadata
-            out.append(desired.NodeInfo(md.name if md and md.name else "", ready, (md.labels if md else None) or {}))
+            addrs = tuple(
+                a.address for a in (node.status.addresses if node.status else None) or [] if a.type == "InternalIP"
+            )
+            out.append(
+                desired.NodeInfo(md.name if md and md.name else "", ready, (md.labels if md else None) or {}, addrs)
+            )
         return out
 
     # ---- decisions -----------------------------------------------------------------------
 
     def _recompute(self) -> None:
         self._scheduled = False
-        if self.announcer is None:
+        if not self.ready:
             self._update_peers({})  # still JOINING: nothing to claim yet
             return
-        eips = self._layer2_eips()
         services = self._service_infos()
+        nodes = self._node_infos()
+        if self.bgp is not None:
+            self._recompute_bgp(services, nodes)
+        if self.announcer is None:
+            self._update_peers({})
+            return
+        eips = self._layer2_eips()
         in_use: dict[str, tuple[str, list[str]]] = {name: (ifname, []) for name, (ifname, _r) in eips.items()}
         for svc in services:
             for ip in svc.ips:
                 for name, (_ifname, rng) in eips.items():
                     if rng.contains(ip):
                         in_use[name][1].append(ip)
-        plan = desired.announcements(in_use, services, self._node_infos(), self.membership.alive())
+        plan = desired.announcements(in_use, services, nodes, self.membership.alive())
         self._update_peers(plan)
         mine = {ip: a.interface for ip, a in plan.items() if a.owner == self.opts.node}
         gained, lost = self.announcer.set_owned(mine)
@@ -267,6 +300,21 @@ class Speaker:
             asyncio.get_running_loop().create_task(self._mark_announcer(plan[ip]))
         for ip in sorted(lost):
             log.info("stopped announcing %s", ip)
+
+    def _recompute_bgp(self, services: list[desired.ServiceInfo], nodes: list[desired.NodeInfo]) -> None:
+        assert self.bgp is not None
+        ranges = []
+        for obj in self.eips.store.values():
+            spec = obj.get("spec") or {}
+            if (spec.get("protocol") or "bgp") != "bgp" or spec.get("disable") or obj.metadata.deletionTimestamp:
+                continue
+            with contextlib.suppress(AddressError, ValueError):
+                ranges.append(parse_range(str(spec.get("address") or "")))
+        ips = {ip for svc in services for ip in svc.ips if any(r.contains(ip) for r in ranges)}
+        # Liveness from heartbeats: a dead node leaves every next-hop set within --dead-after.
+        # Beyond the full-mesh size not every speaker hears every other one: Node Ready decides.
+        live = self.membership.alive() if len(self.nodes.store) <= FULL_MESH_NODES else None
+        self.bgp.set_routes(desired.bgp_next_hops(ips, services, nodes, live, self.bgp.rack))
 
     async def _mark_announcer(self, ann: desired.Announcement) -> None:
         """After taking over (never before): annotate the Services and record an Event."""
@@ -347,7 +395,7 @@ class Speaker:
                 self._send(hbp.PROBE)
             # JOINING until this speaker announces: the current owners keep the IPs until then,
             # so a returning node takes them over make-before-break.
-            self._send(hbp.ALIVE if self.announcer else hbp.JOINING)
+            self._send(hbp.ALIVE if self.ready else hbp.JOINING)
             if self.membership.expire(time.monotonic()):
                 self.recompute_soon()
             await asyncio.sleep(self.opts.interval)
@@ -362,6 +410,8 @@ class Speaker:
         )
         runner = await serve_metrics(self.registry, self.opts.metrics_addr) if self.opts.metrics_addr else None
         informers: list[Informer[Any]] = [self.services, self.slices, self.nodes, self.eips]
+        if self.bgp is not None:
+            informers += self.bgp.informers
         tasks = [asyncio.create_task(i.run()) for i in informers]
         await asyncio.gather(*(i.synced.wait() for i in informers))
         await self.check_kube_proxy()
@@ -371,6 +421,10 @@ class Speaker:
         await asyncio.sleep(self.opts.dead_after)
         if self.opts.enable_layer2:
             self.announcer = Layer2Announcer(loop, LocalAddresses() if self.opts.local_addresses else None)
+        self.ready = True
+        if self.bgp is not None:
+            self.bgp.node_changed()
+            tasks.append(asyncio.create_task(self.bgp.run()))
         self._recompute()
         log.info("speaker on %s ready (heartbeat port %d)", self.opts.node, self.opts.port)
         try:
@@ -379,6 +433,8 @@ class Speaker:
             self._send(hbp.LEAVING)  # peers take over at once
             if self.announcer:
                 self.announcer.close()
+            if self.bgp is not None:
+                await self.bgp.close(graceful_restart=True)
             for t in tasks:
                 t.cancel()
             self.transport.close()

@@ -1,0 +1,221 @@
+"""BGP mode of the speaker: BgpConf/BgpPeer → backend configuration, routes in, status out.
+
+Reconfiguration is incremental (only changed peers restart; routes are kept as intent and re-sent
+on every new session), node selectors are re-evaluated whenever this node's labels change, and
+the status of sessions is written to `BgpConf.status.nodesConfStatus` and
+`BgpPeer.status.nodesPeerStatus` every `status_interval` seconds — never per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from lightkube import AsyncClient
+from lightkube.types import PatchType
+
+from openelb.api import names
+from openelb.kube.events import EventRecorder, Target
+from openelb.kube.informer import Informer
+from openelb.kube.resources import BgpConf, BgpPeer
+from openelb.protocols.bgp.session import parse_prefix
+from openelb.speaker.bgp import config as cfgmod
+from openelb.speaker.bgp.backend import BgpBackend, InProcessBackend, PeerStatus
+from openelb.speaker.bgp.bfd import BfdManager
+
+log = logging.getLogger("openelb.bgp")
+CONF_NAME = "default"
+"""Only the BgpConf named `default` is acted upon (as OpenELB)."""
+CNI_LABEL = "openelb.kubesphere.io/cni"
+
+
+def _skip(obj: Any) -> bool:
+    md = obj.metadata
+    return bool(md is None or md.deletionTimestamp or CNI_LABEL in (md.labels or {}))
+
+
+class BgpMode:
+    def __init__(
+        self,
+        client: AsyncClient,
+        node: str,
+        recorder: EventRecorder,
+        node_info: Callable[[], tuple[tuple[str, ...], Mapping[str, str]] | None],
+        status_interval: float = 30.0,
+    ) -> None:
+        self.client = client
+        self.node = node
+        self.recorder = recorder
+        self._node_info = node_info
+        self.status_interval = status_interval
+        self.confs: Informer[Any] = Informer(client, BgpConf, self._changed, name="BgpConf")
+        self.peers: Informer[Any] = Informer(client, BgpPeer, self._changed, name="BgpPeer")
+        self.backend: BgpBackend | None = None
+        self.bfd: BfdManager | None = None
+        self._dirty = asyncio.Event()
+        self._warned: set[tuple[str, str, int, str]] = set()
+        self.global_cfg: cfgmod.GlobalConfig | None = None
+        self.active: dict[str, cfgmod.PeerConfig] = {}
+        self.rack: str | None = None
+        self.errors: dict[str, str] = {}
+        """Object name → why it is not applied (also sent as a Warning Event)."""
+
+    @property
+    def informers(self) -> list[Informer[Any]]:
+        return [self.confs, self.peers]
+
+    def _changed(self, _key: str) -> None:
+        self._dirty.set()
+
+    def node_changed(self) -> None:
+        """Labels (rack, node selectors) or addresses may have changed."""
+        self._dirty.set()
+
+    def set_routes(self, next_hops: Mapping[str, tuple[str, ...]]) -> None:
+        if self.backend is not None:
+            self.backend.set_routes({parse_prefix(ip): hops for ip, hops in next_hops.items()})
+
+    async def run(self) -> None:
+        tasks = [asyncio.create_task(self._status_loop())]
+        try:
+            while True:
+                await self._dirty.wait()
+                self._dirty.clear()
+                try:
+                    await self._reconfigure()
+                except Exception:
+                    log.exception("BGP reconfiguration failed; retrying on the next change")
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    async def close(self, graceful_restart: bool) -> None:
+        if self.bfd is not None:
+            self.bfd.close()
+        if self.backend is not None:
+            await self.backend.close(graceful_restart)
+
+    # ---- configuration ------------------------------------------------------------------------
+
+    async def _warn(self, kind: str, obj: Any, reason: str, message: str) -> None:
+        md = obj.metadata
+        key = (kind, md.name, int(md.generation or 0), reason)
+        if key in self._warned:
+            return  # once per object generation
+        self._warned.add(key)
+        log.warning("%s %s: %s", kind, md.name, message)
+        target = Target(kind, md.name, None, md.uid, api_version=f"{names.GROUP}/{names.VERSION}")
+        await self.recorder.emit(target, "Warning", reason, f"{self.node}: {message}")
+
+    async def _reconfigure(self) -> None:
+        info = self._node_info()
+        if info is None:
+            return
+        addresses, labels = info
+        if self.backend is None:
+            hops: dict[int, str] = {v: a for a in reversed(addresses) if (v := ipaddress.ip_address(a).version)}
+            self.backend = InProcessBackend(hops)
+            self.bfd = BfdManager(self.backend.set_bfd_state)
+        conf = self.confs.store.get(CONF_NAME)
+        g: cfgmod.GlobalConfig | None = None
+        if conf is not None and not _skip(conf):
+            v4 = next((a for a in addresses if ipaddress.ip_address(a).version == 4), None)
+            try:
+                g = cfgmod.global_config(conf.get("spec") or {}, v4, labels)
+                self.errors.pop(f"BgpConf/{CONF_NAME}", None)
+            except cfgmod.ConfigError as exc:
+                self.errors[f"BgpConf/{CONF_NAME}"] = str(exc)
+                await self._warn("BgpConf", conf, "InvalidBgpConf", str(exc))
+        self.rack = labels.get(cfgmod.RACK_LABEL)
+        peers: dict[str, cfgmod.PeerConfig] = {}
+        for obj in self.peers.store.values():
+            if _skip(obj):
+                continue
+            name = obj.metadata.name
+            spec = obj.get("spec") or {}
+            if not cfgmod.selector_matches(spec.get("nodeSelector"), labels):
+                continue
+            try:
+                peer = cfgmod.peer_config(name, spec)
+            except cfgmod.ConfigError as exc:
+                self.errors[f"BgpPeer/{name}"] = str(exc)
+                await self._warn("BgpPeer", obj, "InvalidBgpPeer", str(exc))
+                continue
+            self.errors.pop(f"BgpPeer/{name}", None)
+            if peer.ignored:
+                fields = ", ".join(peer.ignored)
+                await self._warn("BgpPeer", obj, "UnsupportedFields", f"accepted but not acted upon: {fields}")
+            if peer.address in peers:
+                await self._warn(
+                    "BgpPeer", obj, "DuplicatePeer", f"{peer.address} is also in {peers[peer.address].name}"
+                )
+                continue
+            peers[peer.address] = peer
+        if g is None and peers:
+            log.info("BgpPeers exist but no valid BgpConf %r: BGP stays down", CONF_NAME)
+        self.global_cfg, self.active = g, (peers if g else {})
+        await self.backend.configure(g, self.active)
+        if self.bfd is not None:
+            self.bfd.configure({a: p.bfd for a, p in self.active.items() if p.bfd is not None})
+
+    # ---- status -------------------------------------------------------------------------------
+
+    async def _status_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.status_interval)
+            try:
+                await self.write_status()
+            except Exception as exc:  # the apiserver may be briefly away; next round retries
+                log.warning("BGP status not written: %s", exc)
+
+    async def write_status(self) -> None:
+        g = self.global_cfg
+        if g is not None and CONF_NAME in self.confs.store:
+            body: dict[str, Any] = {"status": {"nodesConfStatus": {self.node: {"routerId": g.router_id, "as": g.asn}}}}
+            await self.client.patch(BgpConf.Status, CONF_NAME, body, patch_type=PatchType.MERGE)
+        statuses = {s.name: s for s in (self.backend.status() if self.backend else [])}
+        for obj in list(self.peers.store.values()):
+            name = obj.metadata.name
+            mine = ((obj.get("status") or {}).get("nodesPeerStatus") or {}).get(self.node)
+            st = statuses.get(name)
+            if st is None and mine is None:
+                continue
+            value = peer_status(st) if st else None
+            body = {"status": {"nodesPeerStatus": {self.node: value}}}
+            await self.client.patch(BgpPeer.Status, name, body, patch_type=PatchType.MERGE)
+
+
+def _messages(counts: Mapping[str, int]) -> dict[str, str]:
+    keys = ("notification", "update", "open", "keepalive", "refresh", "total", "withdrawUpdate", "withdrawPrefix")
+    return {k: str(counts.get(k, 0)) for k in keys}
+
+
+def peer_status(st: PeerStatus) -> dict[str, Any]:
+    """One node's entry of `BgpPeer.status.nodesPeerStatus`, in OpenELB's (GoBGP's) shape, plus
+    `bfd` and `prefixesSent`."""
+    return {
+        "peerState": {
+            "neighborAddress": st.address,
+            "peerAs": st.peer_as,
+            "localAs": st.local_as,
+            "sessionState": st.state,
+            "adminState": "UP",
+            "flops": st.flops,
+            "routerId": st.router_id,
+            "messages": {"sent": _messages(st.sent), "received": _messages(st.received)},
+        },
+        "timersState": {
+            "holdTime": str(st.hold_time),
+            "keepaliveInterval": str(int(st.keepalive)),
+            "negotiatedHoldTime": str(st.hold_time) if st.state == "ESTABLISHED" else "0",
+            "uptime": str(int(st.uptime)) if st.uptime is not None else "0",
+            "downtime": str(int(st.downtime)) if st.downtime is not None else "0",
+        },
+        "addPath": st.add_path,
+        "prefixesSent": st.prefixes_sent,
+        "bfd": st.bfd,
+        "lastError": st.last_error,
+    }

@@ -1,0 +1,273 @@
+"""BGP mode end to end: speakers on every node peer with BIRD in the `router` namespace; the
+`remote` host behind the router reaches the EXTERNAL-IP over ECMP routes; BFD, liveness,
+externalTrafficPolicy Local, graceful restart, MD5, route refresh and status are checked against
+the router's own view (birdc, the router's kernel routes)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import SpeakerProcess, apply_yaml, delete_eip, in_netns, wait_ips
+from lightkube import Client
+from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.core_v1 import Pod, Service
+from lightkube.types import PatchType
+
+from openelb.kube.resources import BgpConf, BgpPeer
+from openelb.lab import lab, router, workloads
+from openelb.lab.components import Paths
+from openelb.lab.plan import LabPlan
+
+pytestmark = [pytest.mark.root, pytest.mark.k8s_lab]
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples/bgp"
+SPEAKER_ARGS = ("--bgp-status-interval=1", "--enable-layer2=false")
+
+
+@pytest.fixture(scope="module")
+def bird(lab_plan: LabPlan) -> Iterator[router.Bird]:
+    why = router.have_router_daemons()
+    if why:
+        pytest.skip(why)
+    b = router.Bird(lab_plan, lab.state_dir(), router.BirdOptions(bfd_ms=100))
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+def start_speaker(lab_plan: LabPlan, name: str) -> SpeakerProcess:
+    node = next(n for n in lab_plan.nodes if n.name == name)
+    return SpeakerProcess(node.name, node.netns, Paths(lab.state_dir()).kubeconfig("admin"), *SPEAKER_ARGS)
+
+
+@pytest.fixture(scope="module")
+def speakers(lab_plan: LabPlan, controller: dict[str, Any], bird: router.Bird) -> Iterator[dict[str, SpeakerProcess]]:
+    procs = {n.name: start_speaker(lab_plan, n.name) for n in lab_plan.nodes}
+    try:
+        yield procs
+    finally:
+        for p in procs.values():
+            p.stop()
+
+
+@pytest.fixture(scope="module")
+def bgp_seed(kube: Client, speakers: dict[str, SpeakerProcess], bird: router.Bird) -> Iterator[tuple[str, str]]:
+    for name in ("bgpconf.yaml", "bgppeer.yaml", "eip.yaml", "deployment.yaml", "svc.yaml"):
+        apply_yaml(kube, (EXAMPLES / name).read_text(), namespace="default")
+    (ip,) = wait_ips(kube, "default", "bgp-svc", timeout=30)
+    (ip6,) = wait_ips(kube, "default", "bgp-svc-v6", timeout=30)
+    workloads.poll(
+        "2 ready endpoints",
+        lambda: len(workloads.ready_endpoints(kube, "default", "bgp-svc").get("IPv4", [])) == 2,
+        60,
+    )
+    yield ip, ip6
+    for svc in ("bgp-svc", "bgp-svc-v6"):
+        kube.delete(Service, svc, namespace="default")
+    kube.delete(Deployment, "bgp-openelb", namespace="default")
+    for pool in ("bgp-pool", "bgp-pool-v6"):
+        delete_eip(kube, pool)
+    for peer in ("router", "router-v6"):
+        kube.delete(BgpPeer, peer)
+    kube.delete(BgpConf, "default")
+
+
+def node_ips(lab_plan: LabPlan, v6: bool = False) -> set[str]:
+    return {str(n.lan_v6 if v6 else n.lan_v4) for n in lab_plan.nodes}
+
+
+def wait_hops(lab_plan: LabPlan, ip: str, wanted: set[str], timeout: float = 15) -> float:
+    t0 = time.monotonic()
+    workloads.poll(
+        f"router routes {ip} via {sorted(wanted)}",
+        lambda: router.kernel_next_hops(lab_plan, ip) == wanted,
+        timeout,
+        0.02,
+    )
+    return time.monotonic() - t0
+
+
+def remote_pods(lab_plan: LabPlan, ip: str, expected: int = 2) -> list[str]:
+    target = f"http://[{ip}]/" if ":" in ip else f"http://{ip}/"
+    return workloads.collect_pod_names(lab_plan.remote.netns, target, expected, timeout=30)
+
+
+def test_sessions_ecmp_routes_and_remote_curl(lab_plan: LabPlan, bird: router.Bird, bgp_seed: tuple[str, str]) -> None:
+    ip, ip6 = bgp_seed
+    workloads.poll(
+        "all BGP sessions Established", lambda: all(bird.established().values()) and len(bird.established()) == 6, 30
+    )
+    # ADD-PATH: one path per node, and BIRD installs them as one ECMP route
+    wait_hops(lab_plan, ip, node_ips(lab_plan))
+    wait_hops(lab_plan, ip6, node_ips(lab_plan, v6=True))
+    shown = bird.birdc("show", "route", "for", ip, "all")
+    assert "BGP.as_path: 50001" in shown, shown
+    # the seed's result, through the router: both pods answer on the EXTERNAL-IP
+    assert len(set(remote_pods(lab_plan, ip))) == 2
+    assert len(set(remote_pods(lab_plan, ip6))) == 2
+    out = in_netns(lab_plan.remote.netns, "ping", "-c", "3", "-i", "0.2", "-W", "1", ip)
+    assert out.returncode == 0, out.stdout
+
+
+def test_bfd_up_and_status_written(
+    kube: Client, lab_plan: LabPlan, bird: router.Bird, bgp_seed: tuple[str, str]
+) -> None:
+    workloads.poll(
+        "BFD Up with every node",
+        lambda: (
+            {k: v for k, v in bird.bfd_sessions().items() if k in node_ips(lab_plan)}
+            == dict.fromkeys(node_ips(lab_plan), "Up")
+        ),
+        20,
+    )
+
+    def peer_status() -> dict[str, Any] | None:
+        st = (kube.get(BgpPeer, "router").get("status") or {}).get("nodesPeerStatus") or {}
+        ok = len(st) == len(lab_plan.nodes) and all(
+            v["peerState"]["sessionState"] == "ESTABLISHED" and v["bfd"] == "up" for v in st.values()
+        )
+        return st if ok else None
+
+    st = workloads.poll("BgpPeer status for every node", peer_status, 15)
+    entry = st[lab_plan.nodes[0].name]
+    assert entry["peerState"]["peerAs"] == router.ROUTER_AS and entry["addPath"] is True
+    assert int(entry["peerState"]["messages"]["sent"]["update"]) >= 1
+    assert entry["prefixesSent"] == len(lab_plan.nodes)  # one path per node for the one IPv4 Service
+    conf = workloads.poll(
+        "BgpConf status",
+        lambda: (kube.get(BgpConf, "default").get("status") or {}).get("nodesConfStatus"),
+        15,
+    )
+    assert conf[lab_plan.nodes[0].name] == {"routerId": lab_plan.nodes[0].lan_v4, "as": router.NODES_AS}
+
+
+def test_route_refresh_resends(kube: Client, lab_plan: LabPlan, bird: router.Bird, bgp_seed: tuple[str, str]) -> None:
+    name = lab_plan.nodes[0].name
+
+    def refreshes() -> int:
+        st = (kube.get(BgpPeer, "router").get("status") or {}).get("nodesPeerStatus") or {}
+        return int(st.get(name, {}).get("peerState", {}).get("messages", {}).get("received", {}).get("refresh", 0))
+
+    before = refreshes()
+    bird.birdc("reload", "in", name.replace("-", "_"))
+    workloads.poll("ROUTE-REFRESH received", lambda: refreshes() > before, 10)
+    wait_hops(lab_plan, bgp_seed[0], node_ips(lab_plan))
+
+
+def test_etp_local_next_hops_follow_endpoints(kube: Client, lab_plan: LabPlan, bgp_seed: tuple[str, str]) -> None:
+    ip = bgp_seed[0]
+    kube.patch(
+        Service,
+        "bgp-svc",
+        {"spec": {"externalTrafficPolicy": "Local"}},
+        namespace="default",
+        patch_type=PatchType.MERGE,
+    )
+    try:
+        pods = kube.list(Pod, namespace="default", labels={"app": "bgp-openelb"})
+        nodes = {p.spec.nodeName for p in pods if p.spec}
+        wanted = {str(n.lan_v4) for n in lab_plan.nodes if n.name in nodes}
+        assert wanted
+        wait_hops(lab_plan, ip, wanted)
+        assert len(set(remote_pods(lab_plan, ip))) == 2
+    finally:
+        kube.patch(
+            Service,
+            "bgp-svc",
+            {"spec": {"externalTrafficPolicy": "Cluster"}},
+            namespace="default",
+            patch_type=PatchType.MERGE,
+        )
+    wait_hops(lab_plan, ip, node_ips(lab_plan))
+
+
+def test_killed_node_leaves_every_next_hop_set_fast(
+    lab_plan: LabPlan, bird: router.Bird, speakers: dict[str, SpeakerProcess], bgp_seed: tuple[str, str]
+) -> None:
+    ip = bgp_seed[0]
+    wait_hops(lab_plan, ip, node_ips(lab_plan))
+    victim = lab_plan.nodes[-1]
+    speakers[victim.name].stop(signal.SIGKILL)
+    try:
+        took = wait_hops(lab_plan, ip, node_ips(lab_plan) - {str(victim.lan_v4)}, timeout=5)
+        # BFD 100 ms x 3 at the router and 200 ms heartbeats at the other speakers
+        assert took < 1.0, f"dead node still a next hop after {took:.2f}s"
+        assert len(set(remote_pods(lab_plan, ip))) == 2
+    finally:
+        speakers[victim.name] = start_speaker(lab_plan, victim.name)
+    wait_hops(lab_plan, ip, node_ips(lab_plan), timeout=30)
+
+
+def test_graceful_restart_loses_no_request(
+    lab_plan: LabPlan, bird: router.Bird, speakers: dict[str, SpeakerProcess], bgp_seed: tuple[str, str]
+) -> None:
+    ip = bgp_seed[0]
+    wait_hops(lab_plan, ip, node_ips(lab_plan))
+    results: list[bool] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set() and len(results) < 2000:
+            r = subprocess.run(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    lab_plan.remote.netns,
+                    "curl",
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-m",
+                    "2",
+                    f"http://{ip}/",
+                ],
+                capture_output=True,
+                check=False,
+            )
+            results.append(r.returncode == 0)
+            time.sleep(0.01)
+
+    t = threading.Thread(target=client)
+    t.start()
+    try:
+        time.sleep(1)
+        name = lab_plan.nodes[0].name
+        speakers[name].stop(signal.SIGTERM)
+        speakers[name] = start_speaker(lab_plan, name)
+        proto = name.replace("-", "_")
+        workloads.poll("session re-established", lambda: bird.established().get(proto), 30)
+        wait_hops(lab_plan, ip, node_ips(lab_plan))
+        time.sleep(1)
+    finally:
+        stop.set()
+        t.join(30)
+    assert results and all(results), f"{results.count(False)} of {len(results)} requests failed"
+    log = speakers[lab_plan.nodes[0].name].log.read_text()
+    assert "established" in log
+
+
+def test_md5_wrong_key_then_right_key(
+    kube: Client, lab_plan: LabPlan, bird: router.Bird, bgp_seed: tuple[str, str]
+) -> None:
+    opts = bird.opts
+    bird.reconfigure(router.BirdOptions(bfd_ms=opts.bfd_ms, password="lab-secret"))
+    try:
+        proto = lab_plan.nodes[0].name.replace("-", "_")
+        kube.patch(BgpPeer, "router", {"spec": {"conf": {"authPassword": "wrong"}}}, patch_type=PatchType.MERGE)
+        time.sleep(3)
+        assert not bird.established().get(proto), "session up with a wrong TCP-MD5 key"
+        kube.patch(BgpPeer, "router", {"spec": {"conf": {"authPassword": "lab-secret"}}}, patch_type=PatchType.MERGE)
+        workloads.poll("Established with the right key", lambda: bird.established().get(proto), 30)
+    finally:
+        kube.patch(BgpPeer, "router", {"spec": {"conf": {"authPassword": None}}}, patch_type=PatchType.MERGE)
+        bird.reconfigure(opts)
+    workloads.poll("Established without key", lambda: all(bird.established().values()), 30)

@@ -1,0 +1,189 @@
+"""The BGP session state machine, driven sans-IO: two sessions talk to each other through bytes."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from openelb.protocols.bgp import codec as c
+from openelb.protocols.bgp.session import Closed, Established, Session, SessionConfig, State, parse_prefix
+
+V4, V6 = c.IPV4_UNICAST, c.IPV6_UNICAST
+
+
+def cfg(local_as: int, peer_as: int, rid: str, **kw: object) -> SessionConfig:
+    base: dict[str, object] = {
+        "next_hops": {4: rid, 6: "2001:db8::" + rid.rsplit(".", maxsplit=1)[-1]},
+        "families": frozenset({V4, V6}),
+        "add_path_send": frozenset({V4, V6}),
+    }
+    base.update(kw)
+    return SessionConfig(local_as, peer_as, rid, **base)  # type: ignore[arg-type]
+
+
+class Router:
+    """A receiving peer built from the same codec: applies UPDATEs into a table."""
+
+    def __init__(self, session: Session, add_path: frozenset[c.Family] = frozenset()) -> None:
+        self.s = session
+        self.add_path = add_path
+        self.table: dict[tuple[int, str], str] = {}
+        self.eor: set[c.Family] = set()
+        self.buf = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self.buf += data
+        for kind, body in c.split_messages(self.buf):
+            if kind != c.UPDATE:
+                continue
+            upd = c.decode_update(body, self.add_path)
+            if upd.end_of_rib:
+                self.eor.add(upd.family)
+            for pid, p in upd.withdrawn:
+                self.table.pop((pid, str(p)), None)
+            for pid, p in upd.nlri:
+                assert upd.attrs is not None
+                self.table[(pid, str(p))] = upd.attrs.next_hop
+
+
+def pump(a: Session, b: Session, now: float, spy: Router | None = None) -> list[object]:
+    events: list[object] = []
+    for _ in range(20):
+        da, db = a.data_to_send(), b.data_to_send()
+        if not da and not db:
+            break
+        if spy is not None:
+            spy.feed(da)
+        events += b.receive_data(da, now) + a.receive_data(db, now)
+    return events
+
+
+def established_pair(a_cfg: SessionConfig, b_cfg: SessionConfig) -> tuple[Session, Session, Router, list[object]]:
+    a, b = Session(a_cfg, 0.0), Session(b_cfg, 0.0)
+    spy = Router(b)
+    a.start(0.0)
+    b.start(0.0)
+    events = pump(a, b, 0.0, spy)
+    return a, b, spy, events
+
+
+def test_sessions_establish_and_negotiate() -> None:
+    a, b, spy, events = established_pair(cfg(65001, 65000, "192.0.2.11"), cfg(65000, 65001, "192.0.2.2"))
+    assert a.state == b.state == State.ESTABLISHED
+    ests = [e for e in events if isinstance(e, Established)]
+    assert len(ests) == 2
+    neg = a.negotiated
+    assert neg is not None and neg.peer_as == 65000 and neg.hold_time == 90 and neg.keepalive == 30
+    assert neg.add_path == frozenset()  # b does not advertise ADD-PATH receive
+    assert spy.eor == {V4, V6}  # End-of-RIB after the (empty) initial dump
+
+
+def test_without_add_path_only_the_own_next_hop_is_sent_and_diffs_are_incremental() -> None:
+    a, b, spy, _ = established_pair(cfg(65001, 65000, "192.0.2.11"), cfg(65000, 65001, "192.0.2.2"))
+    ip = parse_prefix("198.51.100.7")
+    a.set_routes({ip: ["192.0.2.11", "192.0.2.12"], parse_prefix("198.51.100.8"): ["192.0.2.12"]})
+    pump(a, b, 1.0, spy)
+    assert spy.table == {(0, "198.51.100.7/32"): "192.0.2.11"}  # not a next hop itself: .8 not sent
+    a.set_routes({})
+    pump(a, b, 2.0, spy)
+    assert spy.table == {}
+    assert a.counters.sent["withdrawPrefix"] == 1
+
+
+def test_add_path_sends_one_path_per_next_hop_with_fnv_ids() -> None:
+    b_caps = cfg(65000, 65001, "192.0.2.2")
+    a = Session(cfg(65001, 65000, "192.0.2.11"), 0.0)
+    b = Session(b_caps, 0.0)
+    # b accepts several paths: advertise ADD-PATH receive by hand
+    open_b = c.encode_open(
+        c.Open(65000, 90, "192.0.2.2", c.Capabilities(frozenset({V4, V6}), 65000, True, None, ((V4, 1), (V6, 1))))
+    )
+    a.start(0.0)
+    a.receive_data(open_b + c.encode_keepalive(), 0.0)
+    assert a.state == State.ESTABLISHED and a.negotiated and a.negotiated.add_path == {V4, V6}
+    spy = Router(b, frozenset({V4, V6}))
+    spy.feed(a.data_to_send())
+    a.set_routes(
+        {parse_prefix("198.51.100.7"): ["192.0.2.11", "192.0.2.12"], parse_prefix("2001:db8:ff::7"): ["2001:db8::11"]}
+    )
+    spy.feed(a.data_to_send())
+    assert spy.table == {
+        (c.fnv32a("192.0.2.11"), "198.51.100.7/32"): "192.0.2.11",
+        (c.fnv32a("192.0.2.12"), "198.51.100.7/32"): "192.0.2.12",
+        (c.fnv32a("2001:db8::11"), "2001:db8:ff::7/128"): "2001:db8::11",
+    }
+    # a dead node leaves the next-hop set: only its path is withdrawn
+    a.set_routes({parse_prefix("198.51.100.7"): ["192.0.2.11"], parse_prefix("2001:db8:ff::7"): ["2001:db8::11"]})
+    spy.feed(a.data_to_send())
+    assert set(spy.table) == {
+        (c.fnv32a("192.0.2.11"), "198.51.100.7/32"),
+        (c.fnv32a("2001:db8::11"), "2001:db8:ff::7/128"),
+    }
+    # route refresh re-sends the family's Adj-RIB-Out
+    a.receive_data(c.encode_route_refresh(V4), 1.0)
+    again = Router(b, frozenset({V4, V6}))
+    again.feed(a.data_to_send())
+    assert set(again.table) == {(c.fnv32a("192.0.2.11"), "198.51.100.7/32")}
+
+
+def test_ebgp_as_path_and_ibgp_local_pref() -> None:
+    a, _b, _spy, _ = established_pair(cfg(65001, 65001, "192.0.2.11"), cfg(65001, 65001, "192.0.2.2"))
+    a.set_routes({parse_prefix("198.51.100.7"): ["192.0.2.11"]})
+    buf = bytearray(a.data_to_send())
+    (upd,) = [c.decode(k, body) for k, body in c.split_messages(buf)]
+    assert isinstance(upd, c.Update) and upd.attrs is not None
+    assert upd.attrs.as_path == () and upd.attrs.local_pref == 100
+
+
+def test_wrong_peer_as_gets_open_error() -> None:
+    a, b = Session(cfg(65001, 65999, "192.0.2.11"), 0.0), Session(cfg(65000, 65001, "192.0.2.2"), 0.0)
+    a.start(0.0)
+    b.start(0.0)
+    events = pump(a, b, 0.0)
+    closed = [e for e in events if isinstance(e, Closed)]
+    assert a.state == State.IDLE and b.state == State.IDLE
+    assert any(e.sent == c.Notification(c.OPEN_ERROR, c.OPEN_BAD_PEER_AS) for e in closed)
+    assert any(e.received is not None and e.received.code == c.OPEN_ERROR for e in closed)
+
+
+def test_hold_timer_expiry_and_keepalives() -> None:
+    a, _b, _spy, _ = established_pair(cfg(65001, 65000, "192.0.2.11", hold_time=9), cfg(65000, 65001, "192.0.2.2"))
+    assert a.negotiated and a.negotiated.hold_time == 9
+    assert a.next_deadline() == 3.0
+    assert a.tick(3.0) == [] and a.data_to_send() == c.encode_keepalive()
+    events = a.tick(9.5)
+    assert a.state == State.IDLE and events == [Closed("hold timer expired", sent=c.Notification(c.HOLD_EXPIRED, 0))]
+
+
+def test_garbage_and_fsm_errors_end_the_session_with_a_notification() -> None:
+    a = Session(cfg(65001, 65000, "192.0.2.11"), 0.0)
+    a.start(0.0)
+    a.data_to_send()
+    events = a.receive_data(c.encode_keepalive(), 0.0)  # KEEPALIVE before OPEN
+    assert a.state == State.IDLE and isinstance(events[0], Closed) and events[0].sent == c.Notification(c.FSM_ERROR, 1)
+    a = Session(cfg(65001, 65000, "192.0.2.11"), 0.0)
+    a.start(0.0)
+    events = a.receive_data(b"\x00" * 40, 0.0)
+    assert events[0].sent == c.Notification(c.HEADER_ERROR, c.HDR_NOT_SYNC)  # type: ignore[union-attr]
+    assert a.data_to_send().endswith(c.encode_notification(c.Notification(c.HEADER_ERROR, c.HDR_NOT_SYNC)))
+
+
+def test_admin_close_sends_cease_with_shutdown_message() -> None:
+    a, _b, _spy, _ = established_pair(cfg(65001, 65000, "192.0.2.11"), cfg(65000, 65001, "192.0.2.2"))
+    a.close(c.CEASE_ADMIN_SHUTDOWN, "maintenance")
+    buf = bytearray(a.data_to_send())
+    (note,) = [c.decode(k, body) for k, body in c.split_messages(buf)]
+    assert isinstance(note, c.Notification) and note.describe() == "cease (subcode 2): maintenance"
+
+
+def test_graceful_restart_capability_sets_r_and_f_bits() -> None:
+    gr = c.GracefulRestart(120, True, ((V4, True),))
+    a = Session(cfg(65001, 65000, "192.0.2.11", graceful_restart=gr), 0.0)
+    a.start(0.0)
+    buf = bytearray(a.data_to_send())
+    (op,) = [c.decode(k, body) for k, body in c.split_messages(buf)]
+    assert isinstance(op, c.Open) and op.caps.graceful_restart == gr
+
+
+def test_parse_prefix() -> None:
+    assert parse_prefix("198.51.100.7") == ipaddress.ip_network("198.51.100.7/32")
+    assert parse_prefix("2001:db8::7") == ipaddress.ip_network("2001:db8::7/128")
