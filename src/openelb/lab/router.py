@@ -37,11 +37,13 @@ class BirdOptions:
     ipv6: bool = True
 
 
-def bird_config(plan: LabPlan, opts: BirdOptions) -> str:
+def bird_config(plan: LabPlan, opts: BirdOptions, log: Path | None = None) -> str:
+    """BIRD's configuration; with `log`, BGP state changes and packets (End-of-RIB included) are
+    written there for tests to read."""
     router = plan.router
     lines = [
         f"router id {router.lan_v4};",
-        "log stderr { info, remote, warning, error, auth, fatal, bug };",
+        f'log "{log}" all;' if log else "log stderr { info, remote, warning, error, auth, fatal, bug };",
         "protocol device { scan time 10; }",
         "protocol direct { ipv4; ipv6; }",
         "protocol kernel k4 { ipv4 { export where source = RTS_BGP; }; merge paths on; }",
@@ -60,6 +62,11 @@ def bird_config(plan: LabPlan, opts: BirdOptions) -> str:
     if opts.bfd_ms:
         common.append("bfd on;")
     common.append(f"graceful restart {'on' if opts.graceful_restart else 'aware'};")
+    # BIRD holds a session down for 60-300 s after an error, a BFD Down included (even the
+    # AdminDown a stopping speaker sends): a restarted node would wait that long to return.
+    common.append("error wait time 1, 10;")
+    if log:
+        common.append("debug { states, events, packets };")
     body = " ".join(common)
     for node in plan.nodes:
         name = node.name.replace("-", "_")
@@ -87,7 +94,8 @@ class Bird:
         self.conf = self.dir / "bird.conf"
         self.sock = self.dir / "bird.ctl"
         self.opts = opts
-        self.conf.write_text(bird_config(plan, opts))
+        self.log = self.dir / "bird.log"
+        self.conf.write_text(bird_config(plan, opts, self.log))
         self.state = state
         self.daemon = processes.start(
             state,
@@ -102,8 +110,15 @@ class Bird:
 
     def reconfigure(self, opts: BirdOptions) -> None:
         self.opts = opts
-        self.conf.write_text(bird_config(self.plan, opts))
+        self.conf.write_text(bird_config(self.plan, opts, self.log))
         self.birdc("configure")
+
+    def log_lines(self, protocol: str, text: str) -> int:
+        """How many log lines of `protocol` contain `text` (e.g. "Got END-OF-RIB")."""
+        if not self.log.exists():
+            return 0
+        lines = self.log.read_text(errors="replace").splitlines()
+        return sum(1 for line in lines if f" {protocol}: " in line and text in line)
 
     def birdc(self, *args: str) -> str:
         out = subprocess.run(

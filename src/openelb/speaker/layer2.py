@@ -218,10 +218,13 @@ def _plen(ip: str) -> int:
 class LocalAddresses:
     """Owned IPs as /32 and /128 addresses on a dummy link, so the owner answers ping like an
     IPVS-mode node does (kube-proxy's nftables and iptables modes only DNAT the Service ports).
-    Only the owner holds an IP; a restart starts from an empty link."""
+    Only the owner holds an IP (Layer2), or the nodes that are BGP next hops for it; each mode
+    claims its set and the link holds the union. A restart starts from an empty link."""
 
     def __init__(self, link: str = "openelb0") -> None:
         self.link = link
+        self._claims: dict[str, set[str]] = {}
+        self._held: set[str] = set()
         if subprocess.run(["ip", "link", "show", link], capture_output=True, check=False).returncode != 0:
             # A dummy link where the kernel has the module; a port-less bridge behaves the same.
             for kind in ("dummy", "bridge"):
@@ -248,6 +251,13 @@ class LocalAddresses:
                     path.write_text(value)
             except OSError as exc:
                 log.warning("cannot set %s on %s: %s", knob, ifname, exc)
+
+    def claim(self, who: str, ips: Iterable[str]) -> None:
+        """`who` (a mode) wants exactly `ips` on the link; the link holds every mode's claims."""
+        self._claims[who] = set(ips)
+        wanted = set().union(*self._claims.values())
+        self.apply(wanted - self._held, self._held - wanted)
+        self._held = wanted
 
     def apply(self, add: Iterable[str], remove: Iterable[str]) -> None:
         """One `ip -batch` for a whole ownership change: a node taking over thousands of IPs must
@@ -291,7 +301,7 @@ class Layer2Announcer:
             self.owned[ip] = ifname
             gained.add(ip)
         if self.local:  # after the responders: the ARP/NDP answers and bursts go out first
-            self.local.apply(gained, lost)
+            self.local.claim("layer2", self.owned)
         return gained, lost
 
     def _own(self, ip: str, ifname: str) -> None:
@@ -325,7 +335,7 @@ class Layer2Announcer:
 
     def close(self) -> None:
         if self.local:
-            self.local.close()
+            self.local.claim("layer2", ())
         for a in self.arp.values():
             a.close()
         for n in self.ndp.values():

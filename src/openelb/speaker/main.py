@@ -96,6 +96,8 @@ class Speaker:
         self.eips: Informer[Any] = Informer(self.client, Eip, self._changed, name="Eip")
         self.announcer: Layer2Announcer | None = None
         self.ready = False
+        self.local: LocalAddresses | None = None
+        self._strict_all = False
         """False while joining: heard the other speakers yet, claims nothing."""
         self.bgp = (
             BgpMode(self.client, opts.node, self.recorder, self._own_node, opts.bgp_status_interval)
@@ -314,7 +316,17 @@ class Speaker:
         # Liveness from heartbeats: a dead node leaves every next-hop set within --dead-after.
         # Beyond the full-mesh size not every speaker hears every other one: Node Ready decides.
         live = self.membership.alive() if len(self.nodes.store) <= FULL_MESH_NODES else None
-        self.bgp.set_routes(desired.bgp_next_hops(ips, services, nodes, live, self.bgp.rack))
+        hops = desired.bgp_next_hops(ips, services, nodes, live, self.bgp.rack)
+        self.bgp.set_routes(hops)
+        if self.local is not None:
+            # A next hop answers ping on the IP, as in Layer2 mode; strict ARP (as kube-proxy's
+            # IPVS strictARP) keeps it from answering ARP for those addresses on any link.
+            me = next((n for n in nodes if n.name == self.opts.node), None)
+            mine = {ip for ip, hs in hops.items() if me and me.address(6 if ":" in ip else 4) in hs}
+            if mine and not self._strict_all:
+                self.local.strict_arp("all")
+                self._strict_all = True
+            self.local.claim("bgp", mine)
 
     async def _mark_announcer(self, ann: desired.Announcement) -> None:
         """After taking over (never before): annotate the Services and record an Event."""
@@ -419,8 +431,10 @@ class Speaker:
         tasks.append(asyncio.create_task(self._refresh()))
         # Hear the others before claiming anything, so a restart does not briefly grab every IP.
         await asyncio.sleep(self.opts.dead_after)
+        if self.opts.local_addresses:
+            self.local = LocalAddresses()
         if self.opts.enable_layer2:
-            self.announcer = Layer2Announcer(loop, LocalAddresses() if self.opts.local_addresses else None)
+            self.announcer = Layer2Announcer(loop, self.local)
         self.ready = True
         if self.bgp is not None:
             self.bgp.node_changed()
@@ -435,6 +449,8 @@ class Speaker:
                 self.announcer.close()
             if self.bgp is not None:
                 await self.bgp.close(graceful_restart=True)
+            if self.local is not None:
+                self.local.close()
             for t in tasks:
                 t.cancel()
             self.transport.close()

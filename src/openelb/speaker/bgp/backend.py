@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import random
 import socket
 import time
 from collections.abc import Callable, Mapping
@@ -28,7 +29,7 @@ from openelb.speaker.bgp.config import GlobalConfig, PeerConfig
 from openelb.speaker.bgp.transport import Connection, connect, set_md5
 
 log = logging.getLogger("openelb.bgp")
-MAX_RETRY = 60.0
+MAX_RETRY = 30.0
 CONNECT_TIMEOUT = 5.0
 
 
@@ -90,6 +91,8 @@ class PeerRunner:
         self.last_error = ""
         self.down_since: float | None = time.monotonic()
         self.bfd_state = "disabled" if cfg.bfd is None else "down"
+        self._delay = cfg.connect_retry
+        self._retry_at = 0.0
         self.last_counters: bgp.Counters = bgp.Counters()
 
     # ---- configuration ------------------------------------------------------------------------
@@ -158,28 +161,30 @@ class PeerRunner:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
+    def _backoff(self) -> None:
+        """A connection that failed or ended before Established: wait longer each time (with
+        jitter), so a peer that refuses us is not hammered."""
+        self._retry_at = time.monotonic() + self._delay * random.uniform(0.75, 1.0)  # noqa: S311
+        self._delay = min(self._delay * 2, MAX_RETRY)
+
     async def _run(self) -> None:
-        delay = self.cfg.connect_retry
         while not self._stopped:
-            if self.cfg.passive or self.cfg.admin_down or self.conns:
+            wait = self._retry_at - time.monotonic()
+            if self.cfg.passive or self.cfg.admin_down or self.conns or wait > 0:
                 self._wake.clear()
-                await self._wake.wait()
-                delay = self.cfg.connect_retry if self.established() else delay
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait if wait > 0 and not self.conns else None)
                 continue
             conn = self._new_connection(outbound=True)
             try:
                 sock = await connect(self.cfg.address, self.cfg.port, self.cfg.password, self.cfg.ttl, CONNECT_TIMEOUT)
                 await asyncio.get_running_loop().connect_accepted_socket(lambda conn=conn: conn, sock)  # type: ignore[misc]
             except (OSError, TimeoutError) as exc:
-                self.conns.remove(conn)
+                if conn in self.conns:
+                    self.conns.remove(conn)
                 self.last_error = f"connect: {exc}"
-                log.debug("peer %s: %s; retry in %.0fs", self.cfg.address, self.last_error, delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
-                self._wake.clear()
-                delay = min(delay * 2, MAX_RETRY)
-                continue
-            delay = self.cfg.connect_retry
+                log.debug("peer %s: %s", self.cfg.address, self.last_error)
+                self._backoff()
 
     def _event(self, conn: Connection, ev: bgp.Event) -> None:
         if isinstance(ev, bgp.Established):
@@ -190,6 +195,7 @@ class PeerRunner:
                     other.poke()
             self.down_since = None
             self.last_error = ""
+            self._delay = self.cfg.connect_retry
             self.restarting = False  # the R bit is for the first session after a restart only
             log.info(
                 "peer %s (AS %d, id %s): established, hold %ds, families %s, add-path %s",
@@ -230,6 +236,9 @@ class PeerRunner:
         if conn.session.established_at is not None:
             self.flops += 1
             self.down_since = time.monotonic()
+            self._retry_at = time.monotonic() + 1.0  # reconnect soon: the peer may just be restarting
+        elif conn.outbound:
+            self._backoff()
         self._wake.set()
 
     def push_routes(self) -> None:
