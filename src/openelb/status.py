@@ -1,7 +1,9 @@
 """`openelb status` (also `kubectl openelb status`): what OpenELB is doing, from the API alone.
 
-Pools with their usage, Services with their IPs, mode and announcing node, and for pending
-Services the reason from their latest `AssignIPFailed` Event. Collecting reads the API; rendering
+Pools with their usage, Services with their IPs, mode and announcing node (Layer2) or BGP next
+hops (computed by the speakers' own rules from Nodes and EndpointSlices), the BGP sessions of every
+node with their BFD state (from `BgpPeer.status`), and for pending Services the reason from their
+latest `AssignIPFailed` Event. Collecting reads the API; rendering
 is pure, so the table and the JSON/YAML forms always say the same thing.
 """
 
@@ -13,13 +15,15 @@ from typing import Any
 
 import yaml
 from lightkube import Client
-from lightkube.resources.core_v1 import Event, Service
+from lightkube.resources.core_v1 import Event, Node, Service
+from lightkube.resources.discovery_v1 import EndpointSlice
 
 from openelb.api import names
 from openelb.api.eip import EipView
 from openelb.controller.servicepolicy import Policy, is_ours, status_ips
 from openelb.ipam.ranges import AddressError, parse_range
-from openelb.kube.resources import Eip
+from openelb.kube.resources import BgpPeer, Eip
+from openelb.speaker import desired, inputs
 
 
 @dataclass
@@ -47,9 +51,22 @@ class ServiceRow:
 
 
 @dataclass
+class SessionRow:
+    node: str
+    peer: str
+    address: str
+    state: str
+    bfd: str
+    prefixes: int
+    uptime: str
+    error: str
+
+
+@dataclass
 class Snapshot:
     pools: list[PoolRow] = field(default_factory=list)
     services: list[ServiceRow] = field(default_factory=list)
+    sessions: list[SessionRow] = field(default_factory=list)
 
 
 def collect(client: Client, policy: Policy | None = None) -> Snapshot:
@@ -79,7 +96,9 @@ def collect(client: Client, policy: Policy | None = None) -> Snapshot:
             )
         )
     reasons = _pending_reasons(client)
-    for svc in client.list(Service, namespace="*"):
+    services = list(client.list(Service, namespace="*"))
+    hops = _bgp_next_hops(client, services, [p for p in snap.pools if p.protocol == "bgp" and not p.disabled])
+    for svc in services:
         md = svc.metadata
         if md is None or not (is_ours(svc, policy) or names.LABEL_POOL in (md.labels or {})):
             continue
@@ -93,13 +112,58 @@ def collect(client: Client, policy: Policy | None = None) -> Snapshot:
                 ips,
                 pool,
                 protocol_of.get(pool, ""),
-                (md.annotations or {}).get(names.ANNOTATION_LAYER2_ANNOUNCER, ""),
+                ",".join(sorted({n for ip in ips for n in hops.get(ip, ())}))
+                if protocol_of.get(pool) == "bgp"
+                else (md.annotations or {}).get(names.ANNOTATION_LAYER2_ANNOUNCER, ""),
                 "" if ips else reasons.get(key, "waiting for the controller"),
             )
         )
+    snap.sessions = _sessions(client)
     snap.pools.sort(key=lambda p: p.name)
     snap.services.sort(key=lambda s: (s.namespace, s.name))
     return snap
+
+
+def _bgp_next_hops(client: Client, services: list[Service], pools: list[PoolRow]) -> dict[str, tuple[str, ...]]:
+    """IP → the names of the nodes the speakers announce as its next hops (liveness aside)."""
+    if not pools:
+        return {}
+    ranges = []
+    for p in pools:
+        try:
+            ranges.append(parse_range(p.address))
+        except AddressError:
+            continue
+    svc_infos = inputs.service_infos(services, client.list(EndpointSlice, namespace="*"))
+    nodes = inputs.node_infos(client.list(Node))
+    ips = {ip for s in svc_infos for ip in s.ips if any(r.contains(ip) for r in ranges)}
+    by_address = {a: n.name for n in nodes for a in n.addresses}
+    return {
+        ip: tuple(by_address.get(a, a) for a in addrs)
+        for ip, addrs in desired.bgp_next_hops(ips, svc_infos, nodes, None).items()
+    }
+
+
+def _sessions(client: Client) -> list[SessionRow]:
+    rows = []
+    for peer in client.list(BgpPeer):
+        status = (peer.get("status") or {}).get("nodesPeerStatus") or {}
+        for node, st in status.items():
+            ps, timers = st.get("peerState") or {}, st.get("timersState") or {}
+            up = int(timers.get("uptime") or 0) if ps.get("sessionState") == "ESTABLISHED" else 0
+            rows.append(
+                SessionRow(
+                    node,
+                    peer.metadata.name if peer.metadata and peer.metadata.name else "",
+                    str(ps.get("neighborAddress", "")),
+                    str(ps.get("sessionState", "")),
+                    str(st.get("bfd", "")),
+                    int(st.get("prefixesSent") or 0),
+                    f"{up}s" if up else "-",
+                    str(st.get("lastError", "")),
+                )
+            )
+    return sorted(rows, key=lambda r: (r.node, r.peer))
 
 
 def _pending_reasons(client: Client) -> dict[str, str]:
@@ -156,5 +220,12 @@ def render_table(snap: Snapshot) -> str:
         for s in snap.services
     ]
     out = ["POOLS", *_table(["NAME", "ADDRESS", "FAMILY", "MODE", "USED", "STATE"], pools), ""]
-    out += ["SERVICES", *_table(["SERVICE", "IPS", "POOL", "MODE", "ANNOUNCER", "PENDING REASON"], services)]
+    out += ["SERVICES", *_table(["SERVICE", "IPS", "POOL", "MODE", "ANNOUNCED BY", "PENDING REASON"], services)]
+    if snap.sessions:
+        sessions = [
+            [s.node, f"{s.peer} ({s.address})", s.state, s.bfd, str(s.prefixes), s.uptime, s.error]
+            for s in snap.sessions
+        ]
+        out += ["", "BGP SESSIONS"]
+        out += _table(["NODE", "PEER", "STATE", "BFD", "PATHS SENT", "UP", "LAST ERROR"], sessions)
     return "\n".join(out)

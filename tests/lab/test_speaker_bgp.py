@@ -15,12 +15,13 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import SpeakerProcess, apply_yaml, delete_eip, in_netns, wait_ips
+from helpers import SpeakerProcess, apply_yaml, delete_eip, in_netns, wait_event, wait_ips
 from lightkube import Client
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import Node, Pod, Service
 from lightkube.types import PatchType
 
+from openelb import status
 from openelb.kube.resources import BgpConf, BgpPeer
 from openelb.lab import lab, router, workloads
 from openelb.lab.components import Paths
@@ -152,6 +153,13 @@ def test_bfd_up_and_status_written(
         15,
     )
     assert conf[lab_plan.nodes[0].name] == {"routerId": lab_plan.nodes[0].lan_v4, "as": router.NODES_AS}
+    # `openelb status` shows the same facts: next hops per Service, sessions and BFD per node
+    snap = status.collect(kube)
+    row = next(s for s in snap.services if s.name == "bgp-svc")
+    assert row.mode == "bgp" and row.announcer == ",".join(sorted(n.name for n in lab_plan.nodes))
+    sessions = {(s.node, s.peer): s for s in snap.sessions}
+    for n in lab_plan.nodes:
+        assert sessions[(n.name, "router")].state == "ESTABLISHED" and sessions[(n.name, "router")].bfd == "up"
 
 
 def test_route_refresh_resends(kube: Client, lab_plan: LabPlan, bird: router.Bird, bgp_seed: tuple[str, str]) -> None:
@@ -291,7 +299,7 @@ GOBGP_PEER = {
     "spec": {
         "conf": {"peerAs": 4200000002, "neighborAddress": "198.18.1.1", "localAs": 4200000001},
         "ebgpMultihop": {"enabled": True, "multihopTtl": 3},
-        "transport": {"passiveMode": True, "remotePort": 1790},
+        "transport": {"passiveMode": True, "remotePort": 1790, "tcpMss": 1400},
         "nodeSelector": {"matchExpressions": [{"key": "bgp-gobgp", "operator": "In", "values": ["yes"]}]},
     },
 }
@@ -323,6 +331,9 @@ def test_gobgpd_multihop_passive_4byte_asn_node_selector(
         workloads.poll("gobgpd sessions with the labelled nodes", lambda: set(sessions()) == wanted, 40)
         # every speaker sends one path per eligible node (ADD-PATH): gobgpd holds all three next hops
         workloads.poll("gobgpd holds every next hop", lambda: gobgp.rib().get(f"{ip}/32") == node_ips(lab_plan), 20)
+        # a field an announce-only speaker cannot honour is named, not silently dropped
+        msg = wait_event(kube, "default", "gobgp", "UnsupportedFields")
+        assert "spec.transport.tcpMss" in msg
         label_node(kube, first.name, "yes")  # node selector re-evaluated on a label change
         workloads.poll("the newly labelled node peers", lambda: set(sessions()) == node_ips(lab_plan), 40)
         label_node(kube, first.name, None)
@@ -332,3 +343,37 @@ def test_gobgpd_multihop_passive_4byte_asn_node_selector(
         for n in lab_plan.nodes:
             label_node(kube, n.name, None)
         gobgp.stop()
+
+
+def test_bgpconf_edits_keep_routes(
+    kube: Client, lab_plan: LabPlan, bird: router.Bird, bgp_seed: tuple[str, str]
+) -> None:
+    """OpenELB restarted GoBGP on any BgpConf change and lost its routes until the next Eip event.
+    Here a listen-port edit only rebinds the listener, and an edit that changes the OPEN restarts
+    the sessions gracefully: the router keeps every next hop throughout."""
+    ip = bgp_seed[0]
+    wait_hops(lab_plan, ip, node_ips(lab_plan))
+    workloads.poll("all sessions up", lambda: all(bird.established().values()), 30)
+    downs = {p: bird.log_lines(p, "State changed to down") for p in bird.established()}
+    kube.patch(BgpConf, "default", {"spec": {"listenPort": 17901}}, patch_type=PatchType.MERGE)
+    try:
+        time.sleep(3)
+        assert {p: bird.log_lines(p, "State changed to down") for p in downs} == downs, "listen port edit flapped"
+        for n in lab_plan.nodes:
+            out = in_netns(n.netns, "ss", "-Hltn", "sport", "= :17901")
+            assert "17901" in out.stdout, f"{n.name} does not listen on the new port"
+        detected = bird.log_lines("node_1", "Neighbor graceful restart detected")
+        kube.patch(BgpConf, "default", {"spec": {"gracefulRestart": {"restartTime": 90}}}, patch_type=PatchType.MERGE)
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            assert router.kernel_next_hops(lab_plan, ip) == node_ips(lab_plan), "a next hop was dropped"
+            time.sleep(0.02)
+        assert bird.log_lines("node_1", "Neighbor graceful restart detected") > detected, "sessions did not restart"
+        workloads.poll("all sessions up again", lambda: all(bird.established().values()), 30)
+    finally:
+        kube.patch(
+            BgpConf,
+            "default",
+            {"spec": {"listenPort": 17900, "gracefulRestart": {"restartTime": 120}}},
+            patch_type=PatchType.MERGE,
+        )

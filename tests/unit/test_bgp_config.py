@@ -17,6 +17,7 @@ def test_bgpconf_defaults_rack_as_and_router_id() -> None:
     )
     assert (g.asn, g.router_id) == (65101, "198.18.0.11")  # per-rack AS: node address as router id, as OpenELB
     assert cfg.global_config({"as": 1, "listenPort": -1}, "198.18.0.11", {}).listen_port == -1
+    assert cfg.global_config({"as": 1, "policy": "cm"}, "198.18.0.11", {}).ignored == ("spec.policy",)
     with pytest.raises(cfg.ConfigError, match="routerId"):
         cfg.global_config({"as": 1, "routerId": "x"}, "198.18.0.11", {})
     with pytest.raises(cfg.ConfigError, match="IPv4 InternalIP"):

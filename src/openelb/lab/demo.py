@@ -16,7 +16,7 @@ from lightkube import Client
 
 from openelb.kube.client import sync_client
 from openelb.kube.resources import Eip
-from openelb.lab import binaries, install, netns, workloads
+from openelb.lab import binaries, install, netns, processes, router, workloads
 from openelb.lab.components import Paths
 from openelb.lab.lab import LabError, Progress, load_plan, state_dir
 from openelb.lab.plan import LabPlan
@@ -90,11 +90,53 @@ def seed_walkthrough(client: Client, plan: LabPlan, paths: Paths, kubectl: str, 
         print(f"demo FAILED: ping exit {ping.returncode}, pods answering {sorted(set(seen))}", file=sys.stderr)
         return 1
     say(f"seed walkthrough done: {ip} answers ping, and curl reaches both pods")
+    bgp_ip = bgp_walkthrough(client, plan, paths, kubectl, kc)
+    if bgp_ip is None:
+        return 1
     print(
         "\nThe lab stays up: `openelb lab exec client -- curl http://"
-        f"{ip}/`, `openelb lab status`, `openelb lab down` when finished."
+        f"{ip}/`, `openelb lab exec remote -- curl http://{bgp_ip}/`, `openelb lab status`,"
+        " `openelb lab down` when finished."
     )
     return 0
+
+
+def bgp_walkthrough(client: Client, plan: LabPlan, paths: Paths, kubectl: str, kc: str) -> str | None:
+    """BGP mode: BIRD in the router namespace peers with every node; the `remote` host behind the
+    router reaches the EXTERNAL-IP over the ECMP route the speakers announced."""
+    say = Progress()
+    if not any(d.name == "bird" and processes.is_running(d) for d in processes.recorded(paths.state)):
+        say("starting BIRD in the router namespace (AS 50000, BFD 100 ms, ADD-PATH receive)")
+        router.Bird(plan, paths.state, router.BirdOptions(bfd_ms=100))
+    bgp = Path(__file__).resolve().parents[3] / "examples" / "bgp"
+    for name in ("bgpconf.yaml", "bgppeer.yaml", "eip.yaml", "deployment.yaml", "svc.yaml"):
+        print(f"$ kubectl apply -f examples/bgp/{name}", flush=True)
+        subprocess.run([kubectl, kc, "apply", "-f", str(bgp / name)], check=True)
+    ip = workloads.external_ip(client, "default", "bgp-svc")
+    ip6 = workloads.external_ip(client, "default", "bgp-svc-v6")
+    print("$ kubectl get svc bgp-svc bgp-svc-v6", flush=True)
+    subprocess.run([kubectl, kc, "get", "svc", "bgp-svc", "bgp-svc-v6"], check=False)
+    hops = {str(n.lan_v4) for n in plan.nodes}
+    say(f"waiting for the router to route {ip} over every node")
+    workloads.poll(f"ECMP route for {ip}", lambda: router.kernel_next_hops(plan, ip) == hops, 60)
+    sock = str(paths.state / "bird" / "bird.ctl")
+    for argv in (["birdc", "-s", sock, "show", "route", "for", ip], ["ip", "route", "show", ip]):
+        print(f"$ {' '.join(argv[:1] + argv[3:] if argv[0] == 'birdc' else argv)}   (on the router)", flush=True)
+        subprocess.run(netns.exec_argv(plan.router.netns, argv), check=False)
+    remote = plan.remote.netns
+    ok = True
+    for target in (ip, ip6):
+        print(f"$ ping {target} -c 3   (from the remote host, behind the router)", flush=True)
+        ok &= subprocess.run(netns.exec_argv(remote, ["ping", target, "-c", "3"]), check=False).returncode == 0
+        seen = workloads.collect_pod_names(remote, workloads.url(target, 80), expected=2)
+        for name in seen[:4]:
+            print(f"$ curl {workloads.url(target, 80)}\nYou've hit {name}")
+        ok &= len(set(seen)) == 2
+    if not ok:
+        print(f"demo FAILED: BGP path to {ip}/{ip6}; see {paths.state / 'logs'}", file=sys.stderr)
+        return None
+    say(f"BGP path done: the remote host pings and curls {ip} and {ip6} through the router")
+    return ip
 
 
 def _arp_answered(client_ns: str, ip: str) -> bool:

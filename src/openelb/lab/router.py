@@ -108,6 +108,19 @@ class Bird:
         if not self.sock.exists():
             raise RuntimeError(f"bird did not start; see {self.daemon.log}")
 
+    @classmethod
+    def attach(cls, plan: LabPlan, state: Path, opts: BirdOptions | None = None) -> Bird:
+        """The BIRD a previous command started (the demo's)."""
+        daemon = next((d for d in processes.recorded(state) if d.name == "bird" and processes.is_running(d)), None)
+        if daemon is None:
+            raise RuntimeError("BIRD is not running in the lab: run `openelb lab demo` first")
+        self = cls.__new__(cls)
+        self.plan, self.state, self.daemon = plan, state, daemon
+        self.dir = state / "bird"
+        self.conf, self.sock, self.log = self.dir / "bird.conf", self.dir / "bird.ctl", self.dir / "bird.log"
+        self.opts = opts or BirdOptions(bfd_ms=100)
+        return self
+
     def reconfigure(self, opts: BirdOptions) -> None:
         self.opts = opts
         self.conf.write_text(bird_config(self.plan, opts, self.log))

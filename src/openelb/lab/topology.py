@@ -56,6 +56,8 @@ def build(plan: LabPlan) -> None:
 def _attach_host(plan: LabPlan, host: Host, index: int) -> None:
     forwarding = host in plan.nodes or host is plan.router
     netns.add_netns(host.netns, forwarding=forwarding)
+    if host is plan.router:  # ECMP by flow (ports included), as routers in front of clusters do
+        netns.sysctl(host.netns, ["net.ipv4.fib_multipath_hash_policy=1", "net.ipv6.fib_multipath_hash_policy=1"])
     for seg, bridge, v4, v6, prefix4, prefix6 in (
         ("lan", plan.lan_bridge, host.lan_v4, host.lan_v6, LAN_V4.prefixlen, LAN_V6.prefixlen),
         ("wan", plan.wan_bridge, host.wan_v4, host.wan_v6, WAN_V4.prefixlen, WAN_V6.prefixlen),

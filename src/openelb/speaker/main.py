@@ -35,7 +35,7 @@ from openelb.kube.informer import Informer
 from openelb.kube.resources import Eip
 from openelb.protocols import heartbeat as hbp
 from openelb.runtime import serve_metrics, stop_on_signals
-from openelb.speaker import desired
+from openelb.speaker import desired, inputs
 from openelb.speaker.bgp.mode import BgpMode
 from openelb.speaker.layer2 import Layer2Announcer, LocalAddresses, resolve_interface
 from openelb.speaker.layer2 import stats as layer2_stats
@@ -237,39 +237,10 @@ class Speaker:
         return ifname, rng
 
     def _service_infos(self) -> list[desired.ServiceInfo]:
-        local_nodes: dict[str, set[str]] = {}
-        for sl in self.slices.store.values():
-            svc_name = ((sl.metadata.labels if sl.metadata else None) or {}).get("kubernetes.io/service-name")
-            if not svc_name or not sl.metadata:
-                continue
-            key = f"{sl.metadata.namespace}/{svc_name}"
-            for ep in sl.endpoints or []:
-                if ep.nodeName and (ep.conditions is None or ep.conditions.ready is not False):
-                    local_nodes.setdefault(key, set()).add(ep.nodeName)
-        out = []
-        for key, svc in self.services.store.items():
-            if not svc.spec or svc.spec.type != "LoadBalancer" or (svc.metadata and svc.metadata.deletionTimestamp):
-                continue
-            lb = svc.status.loadBalancer if svc.status else None
-            ips = tuple(i.ip for i in (lb.ingress if lb else None) or [] if i.ip)
-            if ips:
-                local = svc.spec.externalTrafficPolicy == "Local"
-                out.append(desired.ServiceInfo(key, ips, local, frozenset(local_nodes.get(key, set()))))
-        return out
+        return inputs.service_infos(self.services.store.values(), self.slices.store.values())
 
     def _node_infos(self) -> list[desired.NodeInfo]:
-        out = []
-        for node in self.nodes.store.values():
-            conds = node.status.conditions if node.status else None
-            ready = any(c.type == "Ready" and c.status == "True" for c in conds or [])
-            md = node.metadata
-            addrs = tuple(
-                a.address for a in (node.status.addresses if node.status else None) or [] if a.type == "InternalIP"
-            )
-            out.append(
-                desired.NodeInfo(md.name if md and md.name else "", ready, (md.labels if md else None) or {}, addrs)
-            )
-        return out
+        return inputs.node_infos(self.nodes.store.values())
 
     # ---- decisions -----------------------------------------------------------------------
 

@@ -127,7 +127,9 @@ class PeerRunner:
         self._stopped = True
         self._wake.set()
         for conn in list(self.conns):
-            if graceful_restart and conn.session.state == bgp.State.ESTABLISHED:
+            neg = conn.session.negotiated
+            helper = neg is not None and neg.peer_graceful_restart is not None
+            if graceful_restart and helper and self.graceful_restart and conn.session.state == bgp.State.ESTABLISHED:
                 conn.abort()
             else:
                 conn.session.close(subcode, "openelb speaker stopping" if graceful_restart else "")
@@ -255,6 +257,9 @@ class PeerRunner:
                 conn.session.close(c.CEASE_OTHER_CONFIG_CHANGE, "BFD session down")
                 conn.poke()
             self.last_error = "BFD session down"
+        if state == "up":  # the peer is reachable again: do not sit out the connect backoff
+            self._delay = self.cfg.connect_retry
+            self._retry_at = 0.0
         self._wake.set()
 
     def status(self) -> PeerStatus:
@@ -303,16 +308,24 @@ class InProcessBackend:
         return self.routes
 
     async def configure(self, global_cfg: GlobalConfig | None, peers: Mapping[str, PeerConfig]) -> None:
-        """Apply BgpConf + BgpPeers: only what changed restarts; the routes stay."""
-        if global_cfg != self.global_cfg:
+        """Apply BgpConf + BgpPeers: only what changed restarts, and the routes stay (they are
+        intent, re-sent on every new session). A new listen port or address only rebinds the
+        listener; the sessions restart only when what they carry in OPEN changes."""
+        if _session_key(global_cfg) != _session_key(self.global_cfg):
             if self.global_cfg is not None and global_cfg is not None:
                 log.info(
                     "BgpConf changed: sessions restart with AS %d, router id %s", global_cfg.asn, global_cfg.router_id
                 )
+            # With graceful restart negotiated the routers keep our routes while the sessions
+            # come back (RFC 4724), so a BgpConf edit drops nothing (OpenELB emptied its RIB).
+            keep = global_cfg is not None and global_cfg.graceful_restart
             for runner in list(self.peers.values()):
-                await runner.stop(subcode=c.CEASE_OTHER_CONFIG_CHANGE)
+                await runner.stop(graceful_restart=keep, subcode=c.CEASE_OTHER_CONFIG_CHANGE)
             self.peers.clear()
-            self.global_cfg = global_cfg
+            self._first_start = keep
+        self.global_cfg = global_cfg
+        for runner in self.peers.values():
+            runner.global_cfg = global_cfg or runner.global_cfg
         if global_cfg is None:
             await self._listen(None)
             return
@@ -405,3 +418,8 @@ class InProcessBackend:
         for runner in self.peers.values():
             await runner.stop(graceful_restart and runner.graceful_restart, c.CEASE_ADMIN_SHUTDOWN)
         await self._listen(None)
+
+
+def _session_key(g: GlobalConfig | None) -> tuple[object, ...] | None:
+    """The BgpConf fields a running session depends on (its OPEN)."""
+    return None if g is None else (g.asn, g.router_id, g.graceful_restart, g.restart_time)

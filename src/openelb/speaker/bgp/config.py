@@ -35,6 +35,7 @@ class GlobalConfig:
     listen_addresses: tuple[str, ...]
     graceful_restart: bool
     restart_time: int
+    ignored: tuple[str, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,9 @@ def global_config(spec: Mapping[str, Any], node_ip: str | None, node_labels: Map
         raise ConfigError(f"spec.as: {asn} is not a valid AS number")
     port = _int(spec.get("listenPort"), "spec.listenPort")
     gr = spec.get("gracefulRestart") or {}
+    # policy: GoBGP TOML policies (an announce-only speaker exports exactly its Service routes);
+    # families/useMultiplePaths: GoBGP RIB settings, meaningless without a RIB.
+    ignored = tuple(f"spec.{k}" for k in ("policy", "families", "useMultiplePaths") if spec.get(k))
     return GlobalConfig(
         asn=asn,
         router_id=router_id,
@@ -106,6 +110,7 @@ def global_config(spec: Mapping[str, Any], node_ip: str | None, node_labels: Map
         listen_addresses=tuple(spec.get("listenAddresses") or ()),
         graceful_restart=bool(gr.get("enabled")),
         restart_time=_int(gr.get("restartTime"), "spec.gracefulRestart.restartTime", 120) or 120,
+        ignored=ignored,
     )
 
 

@@ -126,6 +126,9 @@ class BgpMode:
             try:
                 g = cfgmod.global_config(conf.get("spec") or {}, v4, labels)
                 self.errors.pop(f"BgpConf/{CONF_NAME}", None)
+                if g.ignored:
+                    fields = ", ".join(g.ignored)
+                    await self._warn("BgpConf", conf, "UnsupportedFields", f"accepted but not acted upon: {fields}")
             except cfgmod.ConfigError as exc:
                 self.errors[f"BgpConf/{CONF_NAME}"] = str(exc)
                 await self._warn("BgpConf", conf, "InvalidBgpConf", str(exc))

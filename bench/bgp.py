@@ -1,0 +1,367 @@
+"""BGP benchmarks (issue 5).
+
+    sudo .venv/bin/python bench/bgp.py routes   [--count 10000]
+    sudo .venv/bin/python bench/bgp.py failover [--runs 20] [--runs-without-bfd 5]
+
+`routes`: two network namespaces joined by a veth, BIRD 2 in one, the speaker's BGP engine in the
+other. With the session Established, 10,000 /32s are announced (one ADD-PATH path each) and then
+withdrawn; the figure is the time until BIRD holds (drops) all of them, polled with birdc.
+Baseline in the same run: ExaBGP 5 (the Python BGP daemon) announcing and withdrawing the same
+routes through its API in bulk (500 prefixes per command). Also printed: the speaker's RSS with the
+routes announced. Target: <= 0.5 s each way.
+
+`failover`: the lab with OpenELB installed (`openelb lab demo`): BIRD in the router namespace routes
+the BGP Service over every node (ECMP, flows hashed on ports). A prober on the `remote` host opens
+a new connection every 10 ms; a node's link is cut, and the outage is the time from the cut until
+the last failed probe. With BFD 100 ms x 3 (target p99 <= 0.5 s), then without BFD, where the
+router notices only at the hold timer (9 s here, BgpPeer.spec.timers; 90 s by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from lightkube.resources.core_v1 import Pod
+from lightkube.types import PatchType
+
+from openelb.kube.client import sync_client
+from openelb.kube.resources import BgpPeer
+from openelb.lab import lab, router, topology, workloads
+from openelb.lab.components import Paths
+from openelb.protocols.bgp.session import parse_prefix
+from openelb.speaker.bgp import config as cfgmod
+from openelb.speaker.bgp.backend import InProcessBackend
+
+SPK, RTR = "obench-spk", "obench-rtr"
+SPK_IP, RTR_IP = "192.0.2.1", "192.0.2.2"
+
+
+def sh(*argv: str, check: bool = True) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, check=check).stdout
+
+
+def prefixes(count: int) -> list[str]:
+    base = int.from_bytes(bytes([198, 18, 128, 0]), "big")
+    return [".".join(str(b) for b in (base + i).to_bytes(4, "big")) for i in range(count)]
+
+
+# ---- routes: the speaker side (runs inside the SPK namespace) ---------------------------------
+
+
+async def speaker_role(count: int) -> None:
+    g = cfgmod.global_config({"as": 65001, "listenPort": -1}, SPK_IP, {})
+    peer = cfgmod.peer_config("r", {"conf": {"neighborAddress": RTR_IP, "peerAs": 65000}})
+    backend = InProcessBackend({4: SPK_IP})
+    await backend.configure(g, {peer.address: peer})
+    while not any(s.state == "ESTABLISHED" for s in backend.status()):  # noqa: ASYNC110 - a bench
+        await asyncio.sleep(0.01)
+    before = rss_kib()
+    routes = {parse_prefix(ip): (SPK_IP,) for ip in prefixes(count)}
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    print("ready", flush=True)
+    for command in ("announce", "withdraw"):
+        assert (await reader.readline()).decode().strip() == command
+        t0 = time.monotonic()
+        backend.set_routes(routes if command == "announce" else {})
+        rss = rss_kib()
+        print(json.dumps({"t0": t0, "rss_kib": rss, "before_kib": before}), flush=True)
+    await reader.readline()
+    await backend.close(False)
+
+
+def rss_kib() -> int:
+    status = Path("/proc/self/status").read_text()
+    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
+
+
+# ---- routes: the harness ----------------------------------------------------------------------
+
+
+def netns_up() -> None:
+    sh("ip", "netns", "add", SPK)
+    sh("ip", "netns", "add", RTR)
+    sh("ip", "link", "add", "bspk", "netns", SPK, "type", "veth", "peer", "name", "brtr", "netns", RTR)
+    sh("ip", "-n", SPK, "addr", "add", f"{SPK_IP}/24", "dev", "bspk")
+    sh("ip", "-n", RTR, "addr", "add", f"{RTR_IP}/24", "dev", "brtr")
+    for ns, dev in ((SPK, "bspk"), (RTR, "brtr")):
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "-n", ns, "link", "set", dev, "up")
+
+
+def netns_down() -> None:
+    for ns in (SPK, RTR):
+        for pid in sh("ip", "netns", "pids", ns, check=False).split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+        sh("ip", "netns", "del", ns, check=False)
+
+
+def start_bird(workdir: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    conf, sock = workdir / "bird.conf", workdir / "bird.ctl"
+    conf.write_text(
+        f"router id {RTR_IP};\nprotocol device {{}}\n"
+        f"protocol bgp spk {{ local {RTR_IP} as 65000; neighbor {SPK_IP} as 65001; passive on;\n"
+        "  ipv4 { import all; export none; add paths rx; }; }\n"
+    )
+    proc = subprocess.Popen(["ip", "netns", "exec", RTR, "bird", "-f", "-c", str(conf), "-s", str(sock)])
+    for _ in range(200):
+        if sock.exists():
+            break
+        time.sleep(0.02)
+    return proc, sock
+
+
+def bird_count(sock: Path) -> int:
+    out = sh("birdc", "-s", str(sock), "show", "route", "count", check=False)
+    for line in out.splitlines():
+        words = line.split()
+        if "routes" in words and words[0].isdigit():
+            return int(words[0])
+    return 0
+
+
+def wait_count(sock: Path, wanted: int, timeout: float = 120) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if bird_count(sock) == wanted:
+            return time.monotonic()
+        time.sleep(0.002)
+    raise TimeoutError(f"BIRD never held {wanted} routes")
+
+
+def run_ours(sock: Path, count: int) -> dict[str, float]:
+    child = subprocess.Popen(
+        ["ip", "netns", "exec", SPK, sys.executable, __file__, "speaker-role", "--count", str(count)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdin and child.stdout
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        out: dict[str, float] = {}
+        for command, wanted in (("announce", count), ("withdraw", 0)):
+            child.stdin.write(command + "\n")
+            child.stdin.flush()
+            info = json.loads(child.stdout.readline())
+            out[command] = wait_count(sock, wanted) - info["t0"]
+            if command == "announce":
+                out["rss_mib"] = info["rss_kib"] / 1024
+                out["rss_routes_mib"] = (info["rss_kib"] - info["before_kib"]) / 1024
+        child.stdin.write("done\n")
+        child.stdin.flush()
+        child.wait(10)
+        return out
+    finally:
+        if child.poll() is None:
+            child.kill()
+
+
+EXABGP_API = r"""
+import sys, time
+prefixes, fifo = open(sys.argv[1]).read().split(","), sys.argv[2]
+for command in ("announce", "withdraw"):
+    with open(fifo) as f:
+        f.readline()  # the harness says go
+    print(time.monotonic(), file=sys.stderr, flush=True)
+    for i in range(0, len(prefixes), 500):
+        nlri = " ".join(p + "/32" for p in prefixes[i : i + 500])
+        sys.stdout.write(f"{command} attributes next-hop __NH__ nlri {nlri}\n")
+    sys.stdout.flush()
+while True:
+    time.sleep(1)
+"""
+
+
+def open_fifo(fifo: Path, timeout: float = 30) -> int:
+    """Open the feeder's FIFO for writing once the feeder reads it (never block forever)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the ExaBGP feeder process did not start") from None
+            time.sleep(0.01)
+
+
+def run_exabgp(sock: Path, count: int, workdir: Path) -> dict[str, float]:
+    exabgp = Path(sys.executable).parent / "exabgp"
+    fifo = workdir / "go"
+    os.mkfifo(fifo)
+    api = workdir / "api.py"
+    api.write_text(EXABGP_API.replace("__NH__", SPK_IP))
+    plist = workdir / "prefixes"
+    plist.write_text(",".join(prefixes(count)))
+    conf = workdir / "exabgp.conf"
+    conf.write_text(
+        f"process feeder {{ run {sys.executable} {api} {plist} {fifo}; encoder text; }}\n"
+        f"neighbor {RTR_IP} {{ router-id {SPK_IP}; local-address {SPK_IP}; local-as 65001; peer-as 65000;\n"
+        "  api { processes [ feeder ]; } }\n"
+    )
+    env = {**os.environ, "exabgp_daemon_user": "root", "exabgp_daemon_drop": "false", "exabgp_log_enable": "false"}
+    stamps = workdir / "stamps"
+    with stamps.open("w") as err:
+        proc = subprocess.Popen(["ip", "netns", "exec", SPK, str(exabgp), str(conf)], env=env, stderr=err, stdout=err)
+    try:
+        deadline = time.monotonic() + 60
+        while "Established" not in sh("birdc", "-s", str(sock), "show", "protocols", "spk", check=False):
+            if time.monotonic() > deadline:
+                raise TimeoutError("ExaBGP session not Established")
+            time.sleep(0.05)
+        out: dict[str, float] = {}
+        for command, wanted in (("announce", count), ("withdraw", 0)):
+            fd = open_fifo(fifo)
+            t0 = time.monotonic()
+            os.write(fd, b"go\n")
+            os.close(fd)
+            out[command] = wait_count(sock, wanted) - t0
+        return out
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+        if proc.poll() is None:
+            proc.kill()
+
+
+def routes(count: int) -> None:
+    netns_down()
+    netns_up()
+    bird: subprocess.Popen[bytes] | None = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="openelb-bench-bgp-") as tmp:
+            for name, runner in (("openelb", "ours"), ("exabgp 5 (baseline)", "exabgp")):
+                workdir = Path(tmp) / runner
+                workdir.mkdir()
+                bird, sock = start_bird(workdir)
+                print(f"[{name}] announcing and withdrawing {count} routes to BIRD ...", flush=True)
+                res = run_ours(sock, count) if runner == "ours" else run_exabgp(sock, count, workdir)
+                rss = ""
+                if "rss_mib" in res:
+                    rss = f", speaker RSS {res['rss_mib']:.1f} MiB ({res['rss_routes_mib']:.1f} MiB for the routes)"
+                print(f"[{name}] announce {res['announce']:.3f} s, withdraw {res['withdraw']:.3f} s{rss}", flush=True)
+                bird.terminate()
+                bird.wait(10)
+                bird = None
+        print("target: <= 0.5 s until BIRD holds / drops all routes")
+    finally:
+        if bird is not None:
+            bird.kill()
+        netns_down()
+
+
+# ---- failover through the router ---------------------------------------------------------------
+
+PROBER = r"""
+import socket, sys, time, json
+ip, seconds = sys.argv[1], float(sys.argv[2])
+fails, oks = [], 0
+t0 = time.monotonic()
+while time.monotonic() - t0 < seconds:
+    t = time.monotonic()
+    try:
+        s = socket.create_connection((ip, 80), timeout=0.1)
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+        s.close()
+        if b"You've hit" not in data:
+            raise OSError("bad answer")
+        oks += 1
+    except OSError:
+        fails.append(t)
+    time.sleep(max(0.0, 0.01 - (time.monotonic() - t)))
+print(json.dumps({"fails": fails, "oks": oks}))
+"""
+
+
+def failover(runs: int, runs_without_bfd: int) -> None:
+    paths = Paths(lab.state_dir())
+    plan = lab.load_plan(paths)
+    if plan is None or not lab.is_healthy(paths):
+        sys.exit("the lab is not up with OpenELB: run scripts/demo (or openelb lab up && openelb lab demo)")
+    client = sync_client(paths.kubeconfig("admin"), field_manager="openelb-bench")
+    ip = workloads.external_ip(client, "default", "bgp-svc")
+    hops = {str(n.lan_v4) for n in plan.nodes}
+    bird = router.Bird.attach(plan, paths.state)
+    # A node that also runs a backend pod loses that pod with its link, and kube-proxy keeps
+    # sending to it until its endpoint goes: no load balancer hides that. Cut nodes without one.
+    busy = {p.spec.nodeName for p in client.list(Pod, namespace="default", labels={"app": "bgp-openelb"}) if p.spec}
+    victims = [n for n in plan.nodes if n.name not in busy]
+    if not victims:
+        sys.exit("every node runs a bgp-openelb pod: scale the lab to more nodes than replicas")
+    results: dict[str, list[float]] = {}
+    for label, bfd, n_runs in (("BFD 100 ms x 3", True, runs), ("no BFD, hold 9 s", False, runs_without_bfd)):
+        spec = {"bfd": {"enabled": bfd}, "timers": {"config": {"holdTime": "90" if bfd else "9"}}}
+        client.patch(BgpPeer, "router", {"spec": spec}, patch_type=PatchType.MERGE)
+        bird.reconfigure(router.BirdOptions(bfd_ms=100 if bfd else 0))
+        outages = results.setdefault(label, [])
+        for run in range(n_runs):
+            workloads.poll("every node a next hop", lambda: router.kernel_next_hops(plan, ip) == hops, 120, 0.05)
+            workloads.poll("sessions up", lambda: all(bird.established().values()), 120)
+            if bfd:
+                workloads.poll("BFD up", lambda: sum(v == "Up" for v in bird.bfd_sessions().values()) >= len(hops), 30)
+            node = victims[run % len(victims)]
+            seconds = 3.0 if bfd else 15.0
+            prober = subprocess.Popen(
+                ["ip", "netns", "exec", plan.remote.netns, sys.executable, "-c", PROBER, ip, str(seconds)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            time.sleep(0.5)
+            cut = time.monotonic()
+            topology.set_node_link(plan, node, up=False)
+            out = json.loads(prober.communicate(timeout=seconds + 30)[0])
+            topology.set_node_link(plan, node, up=True)
+            late = [f for f in out["fails"] if f >= cut]
+            outages.append((max(late) - cut + 0.01) * 1000 if late else 0.0)
+            print(f"  {label}: run {run + 1:>2}/{n_runs}: {node.name} cut, outage {outages[-1]:6.0f} ms", flush=True)
+    client.patch(BgpPeer, "router", {"spec": {"bfd": {"enabled": True}, "timers": None}}, patch_type=PatchType.MERGE)
+    bird.reconfigure(router.BirdOptions(bfd_ms=100))
+    print(f"\n{'router notices by':20} {'runs':>5} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    for label, vals in results.items():
+        v = sorted(vals)
+        p99 = v[min(len(v) - 1, int(len(v) * 0.99))]
+        print(f"{label:20} {len(v):>5} {statistics.median(v):>8.0f} {p99:>8.0f} {v[-1]:>8.0f}")
+    print("target: p99 <= 500 ms with BFD")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    r = sub.add_parser("routes")
+    r.add_argument("--count", type=int, default=10000)
+    s = sub.add_parser("speaker-role")
+    s.add_argument("--count", type=int, default=10000)
+    f = sub.add_parser("failover")
+    f.add_argument("--runs", type=int, default=20)
+    f.add_argument("--runs-without-bfd", type=int, default=5)
+    args = parser.parse_args()
+    if args.what == "speaker-role":
+        asyncio.run(speaker_role(args.count))
+        return
+    if os.geteuid() != 0:
+        sys.exit("run as root (network namespaces)")
+    if args.what == "routes":
+        routes(args.count)
+    else:
+        failover(args.runs, args.runs_without_bfd)
+
+
+if __name__ == "__main__":
+    main()
