@@ -211,9 +211,14 @@ def test_killed_node_leaves_every_next_hop_set_fast(
     ip = bgp_seed[0]
     wait_hops(lab_plan, ip, node_ips(lab_plan))
     victim = lab_plan.nodes[-1]
+    workloads.poll("BFD Up", lambda: bird.bfd_sessions().get(str(victim.lan_v4)) == "Up", 20)
     speakers[victim.name].stop(signal.SIGKILL)
+    t0 = time.monotonic()
     try:
-        took = wait_hops(lab_plan, ip, node_ips(lab_plan) - {str(victim.lan_v4)}, timeout=5)
+        workloads.poll("BFD Down at the router", lambda: bird.bfd_sessions().get(str(victim.lan_v4)) != "Up", 5, 0.01)
+        bfd_down = time.monotonic() - t0
+        assert bfd_down < 0.3 + 0.3, f"BIRD's BFD saw the dead speaker after {bfd_down:.2f}s (3 x 100 ms + margin)"
+        took = wait_hops(lab_plan, ip, node_ips(lab_plan) - {str(victim.lan_v4)}, timeout=5) + bfd_down
         # BFD 100 ms x 3 at the router and 200 ms heartbeats at the other speakers
         assert took < 1.0, f"dead node still a next hop after {took:.2f}s"
         assert len(set(remote_pods(lab_plan, ip))) == 2
