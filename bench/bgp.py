@@ -266,28 +266,7 @@ def routes(count: int) -> None:
 
 # ---- failover through the router ---------------------------------------------------------------
 
-PROBER = r"""
-import socket, sys, time, json
-ip, seconds = sys.argv[1], float(sys.argv[2])
-fails, oks = [], 0
-t0 = time.monotonic()
-while time.monotonic() - t0 < seconds:
-    t = time.monotonic()
-    try:
-        s = socket.create_connection((ip, 80), timeout=0.1)
-        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-        data = b""
-        while chunk := s.recv(4096):
-            data += chunk
-        s.close()
-        if b"You've hit" not in data:
-            raise OSError("bad answer")
-        oks += 1
-    except OSError:
-        fails.append(t)
-    time.sleep(max(0.0, 0.01 - (time.monotonic() - t)))
-print(json.dumps({"fails": fails, "oks": oks}))
-"""
+PROBER = str(Path(__file__).with_name("prober.py"))
 
 
 def failover(runs: int, runs_without_bfd: int) -> None:
@@ -319,7 +298,7 @@ def failover(runs: int, runs_without_bfd: int) -> None:
             node = victims[run % len(victims)]
             seconds = 3.0 if bfd else 15.0
             prober = subprocess.Popen(
-                ["ip", "netns", "exec", plan.remote.netns, sys.executable, "-c", PROBER, ip, str(seconds)],
+                ["ip", "netns", "exec", plan.remote.netns, sys.executable, PROBER, ip, str(seconds)],
                 stdout=subprocess.PIPE,
                 text=True,
             )

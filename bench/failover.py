@@ -31,27 +31,7 @@ from openelb.kube.client import sync_client
 from openelb.lab import install, lab, netns, processes, topology, workloads
 from openelb.lab.components import Paths
 
-PROBER = r"""
-import socket, sys, time, json
-ip, seconds = sys.argv[1], float(sys.argv[2])
-ok = []
-t0 = time.monotonic()
-while time.monotonic() - t0 < seconds:
-    t = time.monotonic()
-    try:
-        s = socket.create_connection((ip, 80), timeout=0.1)
-        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-        data = b""
-        while chunk := s.recv(4096):  # HTTP/1.0: the server closes after the body
-            data += chunk
-        s.close()
-        if b"You've hit" in data:
-            ok.append(time.monotonic() - t0)
-    except OSError:
-        pass
-    time.sleep(max(0.0, 0.01 - (time.monotonic() - t)))
-print(json.dumps(ok))
-"""
+PROBER = str(Path(__file__).with_name("prober.py"))
 
 
 def arp_owner(client_ns: str, ip: str, macs: dict[str, str], wait: float = 1.0) -> str | None:
@@ -137,7 +117,7 @@ def main() -> None:
             assert owner is not None
             node = plan.node(owner)
             prober = subprocess.Popen(
-                netns.exec_argv(client_ns, [sys.executable, "-c", PROBER, ip, "3.0"]), stdout=subprocess.PIPE, text=True
+                netns.exec_argv(client_ns, [sys.executable, PROBER, ip, "3.0"]), stdout=subprocess.PIPE, text=True
             )
             time.sleep(1.0)
             if kind == "link-down":
@@ -147,7 +127,7 @@ def main() -> None:
                 if pid:
                     os.kill(pid, signal.SIGKILL if kind == "sigkill" else signal.SIGTERM)
             probed, _ = prober.communicate(timeout=30)
-            outages.append(outage(json.loads(probed)))
+            outages.append(outage(json.loads(probed)["oks"]))
             if kind == "link-down":
                 topology.set_node_link(plan, node, up=True)
             time.sleep(3.0)  # supervisor restart / link back, then a single owner again
