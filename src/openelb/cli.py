@@ -48,6 +48,9 @@ def _openelb_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     c.add_argument("--metrics-addr", default="0.0.0.0:50052")
     c.add_argument("--webhook-addr", default="0.0.0.0:9443", help="empty to disable the webhook")
     c.add_argument("--webhook-ip", action="append", default=[], help="extra IP SAN for the webhook certificate")
+    c.add_argument("--webhook-service", default="openelb-controller", help="the Service in front of the webhook")
+    c.add_argument("--webhook-secret", default="openelb-admission", help="Secret holding the webhook certificate")
+    c.add_argument("--webhook-config", default="openelb-admission", help="ValidatingWebhookConfiguration to patch")
     c.add_argument("--workers", type=int, default=16, help="concurrent reconciles (API round trips overlap)")
     sub.add_parser("crds", help="print the CustomResourceDefinitions (YAML)")
     st = sub.add_parser("status", help="pools, Services, IPs, announcing nodes, pending reasons")
@@ -77,6 +80,9 @@ def _run_controller(args: argparse.Namespace) -> int:
         metrics_addr=args.metrics_addr,
         webhook_addr=args.webhook_addr,
         webhook_ips=tuple(args.webhook_ip),
+        webhook_service=args.webhook_service,
+        webhook_secret=args.webhook_secret,
+        webhook_config=args.webhook_config,
         workers=args.workers,
     )
     if args.namespace:

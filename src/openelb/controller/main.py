@@ -32,7 +32,9 @@ class ControllerOptions:
     lb_class: str = names.DEFAULT_LB_CLASS
     serve_unannotated: bool = False
     leader_elect: bool = True
-    identity: str = field(default_factory=lambda: f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}")
+    identity: str = field(
+        default_factory=lambda: f"{os.environ.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+    )
     metrics_addr: str = "0.0.0.0:50052"
     webhook_addr: str = "0.0.0.0:9443"
     webhook_service: str = "openelb-controller"

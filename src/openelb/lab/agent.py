@@ -1,7 +1,9 @@
 """The lab's kubelet for one emulated node: node heartbeat, node Lease, and pod emulation.
 
 For every Pod bound to its node it creates a sandbox (network namespace + veth + pod IPs), starts
-the kubia-like server on the container ports, and reports the Pod Running and Ready with its IPs;
+the kubia-like server on the container ports — or, for OpenELB's image, the container itself as
+the Pod spec says (`lab/containers.py`), restarted when it exits and Ready by its readiness
+probe — and reports the Pod Running and Ready with its IPs;
 for a deleted Pod it removes the sandbox and completes the deletion (grace period 0), which is the
 kubelet's part of the protocol. Reconciles are level-triggered on `ns/name` keys from an informer.
 """
@@ -9,30 +11,35 @@ kubelet's part of the protocol. Reconciles are level-triggered on `ns/name` keys
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import json
 import logging
+import subprocess
 from pathlib import Path
 from typing import Any
 
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
+from lightkube.models.authentication_v1 import BoundObjectReference, TokenRequestSpec
 from lightkube.models.coordination_v1 import LeaseSpec
+from lightkube.models.core_v1 import Container
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.coordination_v1 import Lease
-from lightkube.resources.core_v1 import Node, Pod
+from lightkube.resources.core_v1 import ConfigMap, Node, Pod, Secret, ServiceAccount
 from lightkube.types import PatchType
 
 from openelb.kube.client import async_client
 from openelb.kube.informer import Informer
 from openelb.kube.workqueue import WorkQueue
-from openelb.lab import podnet
+from openelb.lab import containers, podnet, processes
 from openelb.lab.components import Paths
-from openelb.lab.plan import LabPlan, NodePlan
+from openelb.lab.plan import SERVICE_CIDR_V4, LabPlan, NodePlan
 
 log = logging.getLogger("openelb.lab.agent")
 
 HEARTBEAT_SECONDS = 10.0
+PROBE_SECONDS = 2.0
 LEASE_SECONDS = 40
 
 
@@ -50,22 +57,32 @@ def container_ports(pod: Pod) -> list[int]:
     return sorted(ports)
 
 
-def running_status(pod: Pod, node: NodePlan, box: podnet.Sandbox, started: str) -> dict[str, Any]:
-    """The status a kubelet reports for a started, ready pod."""
+def running_status(  # noqa: PLR0917 - the kubelet's view of one pod
+    pod: Pod,
+    node: NodePlan,
+    box: podnet.Sandbox,
+    started: str,
+    ready: dict[str, bool] | None = None,
+    restarts: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """The status a kubelet reports for a started pod; `ready` per container (default: all)."""
     assert pod.spec is not None
+    ready = ready if ready is not None else {c.name: True for c in pod.spec.containers}
+    all_ready = all(ready.get(c.name, False) for c in pod.spec.containers)
     conditions = [
-        {"type": t, "status": "True", "lastTransitionTime": started}
+        {"type": t, "status": "True" if t not in ("ContainersReady", "Ready") or all_ready else "False",
+         "lastTransitionTime": started}
         for t in ("PodReadyToStartContainers", "Initialized", "ContainersReady", "Ready", "PodScheduled")
-    ]
+    ]  # fmt: skip
     containers = [
         {
             "name": c.name,
             "image": c.image or "",
             "imageID": "",
             "containerID": f"olab://{box.uid}/{c.name}",
-            "ready": True,
+            "ready": ready.get(c.name, False),
             "started": True,
-            "restartCount": 0,
+            "restartCount": (restarts or {}).get(c.name, 0),
             "state": {"running": {"startedAt": started}},
         }
         for c in pod.spec.containers
@@ -84,10 +101,13 @@ def running_status(pod: Pod, node: NodePlan, box: podnet.Sandbox, started: str) 
     }
 
 
-def is_reported_running(pod: Pod, box: podnet.Sandbox) -> bool:
+def is_reported_running(pod: Pod, box: podnet.Sandbox, ready: dict[str, bool] | None = None) -> bool:
     st = pod.status
     if st is None or st.phase != "Running" or st.podIP != box.ipv4:
         return False
+    if ready is not None:
+        reported = {c.name: bool(c.ready) for c in st.containerStatuses or []}
+        return reported == ready
     return any(c.type == "Ready" and c.status == "True" for c in st.conditions or [])
 
 
@@ -103,6 +123,10 @@ class NodeAgent:
         self.queue = WorkQueue()
         self.client: AsyncClient | None = None
         self.informer: Informer[Pod] | None = None
+        self.runs: dict[str, list[containers.ContainerRun]] = {}
+        """Pods running OpenELB containers: what was started, to restart and probe."""
+        self.ready: dict[str, dict[str, bool]] = {}
+        self.restarts: dict[str, dict[str, int]] = {}
 
     def _free_slot(self) -> int:
         used = {b.slot for b in self.boxes.values()}
@@ -123,7 +147,7 @@ class NodeAgent:
         )
         for key in self.boxes:  # sandboxes left from before a restart get reconciled too
             self.queue.add(key)
-        await asyncio.gather(self.informer.run(), self._heartbeat_loop(), self._worker())
+        await asyncio.gather(self.informer.run(), self._heartbeat_loop(), self._worker(), self._probe_loop())
 
     async def _worker(self) -> None:
         assert self.informer is not None
@@ -159,16 +183,171 @@ class NodeAgent:
             return
         if pod.status and pod.status.phase in ("Succeeded", "Failed"):
             return
+        openelb = [c for c in pod.spec.containers if containers.is_openelb_image(c.image)]
         if box is None:
-            box = await asyncio.to_thread(self._start, pod)
+            box = await asyncio.to_thread(self._start, pod, not openelb)
             self.boxes[key] = box
             log.info("started pod %s on %s: %s %s", key, self.node.name, box.ipv4, box.ipv6)
-        if not is_reported_running(pod, box):
-            started = pod.status.startTime if pod.status and pod.status.startTime else None
-            body = running_status(pod, self.node, box, started.strftime("%Y-%m-%dT%H:%M:%SZ") if started else now())
-            await self.client.patch(Pod.Status, name, body, namespace=ns, patch_type=PatchType.MERGE)
+        if openelb and key not in self.runs:
+            try:
+                runs = [await self._plan(pod, c, box) for c in pod.spec.containers]
+            except containers.ContainerError as exc:
+                log.warning("pod %s cannot start: %s", key, exc)
+                await self._fail(pod, str(exc))
+                return
+            self.runs[key] = runs
+            self.ready[key] = {r.name: False for r in runs}
+            self.restarts.setdefault(key, {})
+            await asyncio.to_thread(self._start_containers, key, box, runs)
+        ready = self.ready.get(key)
+        if not is_reported_running(pod, box, ready):
+            await self._report(pod, box)
 
-    def _start(self, pod: Pod) -> podnet.Sandbox:
+    async def _report(self, pod: Pod, box: podnet.Sandbox) -> None:
+        assert self.client is not None and pod.metadata is not None
+        key = f"{pod.metadata.namespace}/{pod.metadata.name}"
+        started = pod.status.startTime if pod.status and pod.status.startTime else None
+        body = running_status(
+            pod,
+            self.node,
+            box,
+            started.strftime("%Y-%m-%dT%H:%M:%SZ") if started else now(),
+            self.ready.get(key),
+            self.restarts.get(key),
+        )
+        ns, name = pod.metadata.namespace or "default", pod.metadata.name or ""
+        await self.client.patch(Pod.Status, name, body, namespace=ns, patch_type=PatchType.MERGE)
+
+    async def _fail(self, pod: Pod, message: str) -> None:
+        assert self.client is not None and pod.metadata is not None and pod.spec is not None
+        waiting = {"waiting": {"reason": "CreateContainerConfigError", "message": message}}
+        statuses = [{"name": c.name, "image": c.image or "", "imageID": "", "ready": False, "restartCount": 0,
+                     "state": waiting} for c in pod.spec.containers]  # fmt: skip
+        body = {"status": {"phase": "Pending", "containerStatuses": statuses}}
+        ns, name = pod.metadata.namespace or "default", pod.metadata.name or ""
+        await self.client.patch(Pod.Status, name, body, namespace=ns, patch_type=PatchType.MERGE)
+
+    async def _lookup(self, kind: str, namespace: str, name: str, key: str) -> str | None:
+        assert self.client is not None
+        try:
+            if kind == "Secret":
+                sec = await self.client.get(Secret, name, namespace=namespace)
+                raw = (sec.data or {}).get(key)
+                return base64.b64decode(raw).decode() if raw is not None else None
+            cm = await self.client.get(ConfigMap, name, namespace=namespace)
+            return (cm.data or {}).get(key)
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return None
+            raise
+
+    async def _plan(self, pod: Pod, c: Container, box: podnet.Sandbox) -> containers.ContainerRun:
+        """Everything a container needs from the API: referenced Secret/ConfigMap keys, and a
+        token bound to the Pod for its service account (TokenRequest, as the kubelet projects)."""
+        assert self.client is not None and pod.metadata is not None and pod.spec is not None
+        values: dict[tuple[str, str, str, str], str | None] = {}
+        for e in c.env or []:
+            vf = e.valueFrom
+            ref = vf and (vf.secretKeyRef or vf.configMapKeyRef)
+            if vf and ref:
+                k = (
+                    "Secret" if vf.secretKeyRef else "ConfigMap",
+                    pod.metadata.namespace or "default",
+                    ref.name or "",
+                    ref.key,
+                )
+                values[k] = await self._lookup(*k)
+        run = containers.plan(
+            pod,
+            c,
+            lambda *k: values.get(k),
+            (SERVICE_CIDR_V4[1].compressed, 443),
+            pod_ip=box.ipv4,
+            host_ip=str(self.node.lan_v4),
+        )
+        ns, sa = pod.metadata.namespace or "default", pod.spec.serviceAccountName or "default"
+        request = ServiceAccount.Token(
+            metadata=ObjectMeta(name=sa, namespace=ns),
+            spec=TokenRequestSpec(
+                audiences=[],
+                expirationSeconds=86400,
+                boundObjectRef=BoundObjectReference(
+                    kind="Pod", apiVersion="v1", name=pod.metadata.name, uid=pod.metadata.uid
+                ),
+            ),
+        )
+        token = await self.client.create(request, name=sa, namespace=ns)
+        assert token.status is not None
+        d = self.state / "pods" / (pod.metadata.uid or "") / c.name / "serviceaccount"
+        d.mkdir(parents=True, exist_ok=True)
+        for p in (d.parent.parent.parent, d.parent.parent, d.parent, d):
+            p.chmod(0o755)
+        (d / "token").write_text(token.status.token or "")
+        (d / "namespace").write_text(ns)
+        (d / "ca.crt").write_bytes((self.paths.pki / "ca.crt").read_bytes())
+        for f in d.iterdir():
+            f.chmod(0o644)
+        return run
+
+    def _daemon(self, uid: str, container: str) -> str:
+        return f"pod-{uid}-{container}"
+
+    def _start_containers(self, key: str, box: podnet.Sandbox, runs: list[containers.ContainerRun]) -> None:
+        running = {d.name for d in processes.recorded(self.state) if processes.is_running(d)}
+        for run in runs:
+            name = self._daemon(box.uid, run.name)
+            if name in running:
+                continue  # adopted after an agent restart
+            self._exec(box, run)
+
+    def _stop_containers(self, box: podnet.Sandbox) -> None:
+        prefix = f"pod-{box.uid}-"
+        for d in processes.recorded(self.state):
+            if d.name.startswith(prefix):
+                processes.stop(self.state, d, timeout=10)
+
+    def _exec(self, box: podnet.Sandbox, run: containers.ContainerRun) -> None:
+        sa = self.state / "pods" / box.uid / run.name / "serviceaccount"
+        argv = containers.wrap(run, box.netns or self.node.netns, str(sa))
+        processes.start(
+            self.state, self._daemon(box.uid, run.name), argv, env=run.env, inherit_env=False, program=run.argv[0]
+        )
+        log.info("started container %s of %s/%s", run.name, box.namespace, box.name)
+
+    async def _probe_loop(self) -> None:
+        """Restart exited containers (restartPolicy Always) and run readiness probes."""
+        while True:
+            await asyncio.sleep(PROBE_SECONDS)
+            for key, runs in list(self.runs.items()):
+                box = self.boxes.get(key)
+                if box is None:
+                    continue
+                try:
+                    changed = await asyncio.to_thread(self._probe_pod, key, box, runs)
+                    pod = self.informer.store.get(key) if self.informer else None
+                    if changed and pod is not None:
+                        await self._report(pod, box)
+                except Exception:
+                    log.exception("probing %s failed", key)
+
+    def _probe_pod(self, key: str, box: podnet.Sandbox, runs: list[containers.ContainerRun]) -> bool:
+        recorded = {d.name: d for d in processes.recorded(self.state)}
+        before = dict(self.ready.get(key, {}))
+        now_ready = {}
+        for run in runs:
+            d = recorded.get(self._daemon(box.uid, run.name))
+            if d is None or not processes.is_running(d):
+                counts = self.restarts.setdefault(key, {})
+                counts[run.name] = counts.get(run.name, 0) + 1
+                log.warning("container %s of %s exited; restarting (%d)", run.name, key, counts[run.name])
+                self._exec(box, run)
+                now_ready[run.name] = False
+                continue
+            now_ready[run.name] = run.readiness is None or _http_ok(box, self.node.netns, run.readiness)
+        self.ready[key] = now_ready
+        return now_ready != before
+
+    def _start(self, pod: Pod, server: bool = True) -> podnet.Sandbox:
         assert pod.metadata is not None and pod.spec is not None
         uid, ns, name = pod.metadata.uid or "", pod.metadata.namespace or "default", pod.metadata.name or ""
         if pod.spec.hostNetwork:
@@ -176,7 +355,8 @@ class NodeAgent:
         else:
             box = podnet.create(self.node, uid, ns, name, self._free_slot())
         try:
-            box = podnet.start_server(self.state, self.node, box, container_ports(pod))
+            if server:
+                box = podnet.start_server(self.state, self.node, box, container_ports(pod))
         except Exception:
             podnet.remove(self.state, self.node, box)
             raise
@@ -184,8 +364,11 @@ class NodeAgent:
         return box
 
     async def _remove(self, key: str, box: podnet.Sandbox) -> None:
+        await asyncio.to_thread(self._stop_containers, box)
         await asyncio.to_thread(podnet.remove, self.state, self.node, box)
         self.boxes.pop(key, None)
+        for d in (self.runs, self.ready, self.restarts):
+            d.pop(key, None)
         log.info("removed pod %s from %s", key, self.node.name)
 
     async def _heartbeat_loop(self) -> None:
@@ -225,6 +408,36 @@ class NodeAgent:
                     spec=LeaseSpec(holderIdentity=self.node.name, leaseDurationSeconds=LEASE_SECONDS, renewTime=renew),
                 )
             )
+
+
+def _http_ok(box: podnet.Sandbox, node_netns: str, probe: containers.Probe) -> bool:
+    """An httpGet probe from the node's namespace, as the kubelet probes from the node."""
+    url = (
+        f"http://[{box.ipv6}]:{probe.port}{probe.path}"
+        if not box.ipv4
+        else f"http://{box.ipv4}:{probe.port}{probe.path}"
+    )
+    out = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            node_netns,
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "1",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return out.stdout.strip().isdigit() and 200 <= int(out.stdout.strip()) < 400
 
 
 def main(state: Path, node_name: str) -> None:

@@ -10,6 +10,7 @@ from openelb.lab.plan import LabPlan, NodePlan
 KCM_CONTROLLERS = (
     "deployment-controller",
     "replicaset-controller",
+    "daemonset-controller",
     "endpoints-controller",
     "endpointslice-controller",
     "endpointslice-mirroring-controller",

@@ -7,6 +7,7 @@ it also cleans up after a crashed or interrupted `up`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -27,7 +28,7 @@ from lightkube.types import PatchType
 
 from openelb import pki
 from openelb.kube.client import sync_client
-from openelb.lab import binaries, components, netns, processes, topology
+from openelb.lab import binaries, components, containers, netns, processes, topology
 from openelb.lab.components import Paths
 from openelb.lab.plan import LabPlan, NodePlan, make_plan
 
@@ -150,6 +151,9 @@ def _up(plan: LabPlan, paths: Paths, bins: Path, say: Progress) -> None:
     say("building network: switch, LAN/WAN bridges, nodes, client, router, remote")
     topology.build(plan)
     state = paths.state
+    # Mount point of the projected service-account token of OpenELB containers (each container
+    # binds its own token there in a private mount namespace); removed by `down` when empty.
+    Path(containers.SA_DIR).mkdir(parents=True, exist_ok=True)
 
     say("starting etcd")
     processes.start(state, "etcd", components.etcd(bins, plan, paths))
@@ -310,6 +314,10 @@ def down(quiet: bool = False, keep_logs: bool = False) -> list[str]:
         if processes.stop(paths.state, d):
             removed.append(f"process {d.name} ({d.pid})")
     removed += topology.teardown(plan)
+    sa = Path(containers.SA_DIR)
+    for folder in (sa, sa.parent, sa.parent.parent):  # /run/secrets/kubernetes.io/serviceaccount
+        with contextlib.suppress(OSError):
+            folder.rmdir()
     if paths.state.exists():
         if keep_logs:
             for child in paths.state.iterdir():

@@ -25,6 +25,8 @@ class Daemon:
     pid: int
     argv: tuple[str, ...]
     log: Path
+    program: str = ""
+    """The program the PID ends up running after wrappers exec it (default: from `argv`)."""
 
 
 def _pid_dir(state: Path) -> Path:
@@ -33,8 +35,17 @@ def _pid_dir(state: Path) -> Path:
     return d
 
 
-def start(state: Path, name: str, argv: Sequence[str], *, env: dict[str, str] | None = None) -> Daemon:
-    """Start `argv` detached; stdout and stderr go to `<state>/logs/<name>.log`."""
+def start(
+    state: Path,
+    name: str,
+    argv: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    inherit_env: bool = True,
+    program: str = "",
+) -> Daemon:
+    """Start `argv` detached; stdout and stderr go to `<state>/logs/<name>.log`. Without
+    `inherit_env` the process sees `env` alone (a container's environment)."""
     logs = state / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / f"{name}.log"
@@ -45,10 +56,11 @@ def start(state: Path, name: str, argv: Sequence[str], *, env: dict[str, str] | 
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, **(env or {})},
+            env={**(os.environ if inherit_env else {}), **(env or {})},
         )
-    daemon = Daemon(name, proc.pid, tuple(argv), log)
-    (_pid_dir(state) / f"{name}.json").write_text(json.dumps({"pid": proc.pid, "argv": list(argv)}))
+    daemon = Daemon(name, proc.pid, tuple(argv), log, program)
+    record = {"pid": proc.pid, "argv": list(argv), "program": program}
+    (_pid_dir(state) / f"{name}.json").write_text(json.dumps(record))
     return daemon
 
 
@@ -59,7 +71,8 @@ def recorded(state: Path) -> list[Daemon]:
             data = json.loads(f.read_text())
         except (OSError, ValueError):
             continue
-        out.append(Daemon(f.stem, int(data["pid"]), tuple(data["argv"]), state / "logs" / f"{f.stem}.log"))
+        log = state / "logs" / f"{f.stem}.log"
+        out.append(Daemon(f.stem, int(data["pid"]), tuple(data["argv"]), log, str(data.get("program") or "")))
     return out
 
 
@@ -82,7 +95,7 @@ def is_running(d: Daemon) -> bool:
     if not cmd:
         return False
     # `ip netns exec NS prog ...` execs into prog: compare on the program's own name.
-    wanted = Path(d.argv[_program_index(d.argv)]).name
+    wanted = Path(d.program or d.argv[_program_index(d.argv)]).name
     return any(Path(arg).name == wanted for arg in cmd[:6])
 
 

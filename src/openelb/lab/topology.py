@@ -5,7 +5,8 @@
              br-wan ── router, remote                  (WAN 198.18.1.0/24, 2001:db8:0:2::/64)
 
 The bridges live in their own namespace so the machine's own netfilter and forwarding settings
-never see lab traffic; the only root-namespace change is the `olab0` veth end, removed by `down`.
+never see lab traffic; the only root-namespace change is the `olab0` veth end (its address and a
+route to the service CIDR through node-1), removed by `down`.
 Multicast snooping is off so Neighbor Solicitations reach every port, as on a dumb switch.
 """
 
@@ -39,7 +40,7 @@ def build(plan: LabPlan) -> None:
         ],
         netns=sw,
     )
-    # The root-namespace end: only the apiserver's address, no routes beyond the connected /24.
+    # The root-namespace end: the apiserver's address, and a route to the service CIDR (below).
     netns.run(["ip", "link", "add", plan.root_link, "type", "veth", "peer", "name", "p-root", "netns", sw])
     netns.ip_batch(
         [
@@ -50,6 +51,9 @@ def build(plan: LabPlan) -> None:
     netns.ip_batch([f"link set p-root master {plan.lan_bridge}", "link set p-root up"], netns=sw)
     for index, host in enumerate(plan.hosts):
         _attach_host(plan, host, index)
+    # The control plane reaches ClusterIPs (webhook Services) through node-1's kube-proxy, as an
+    # apiserver on a cluster node does. The route lives on the lab's own veth and goes with it.
+    netns.ip_batch([f"route replace {SERVICE_CIDR_V4} via {plan.nodes[0].lan_v4} dev {plan.root_link}"])
     _routes(plan)
 
 

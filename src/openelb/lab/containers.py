@@ -1,0 +1,163 @@
+"""Containers of the OpenELB image, run by the lab's kubelet from the Pod spec alone.
+
+The lab has no container runtime, so a Pod whose container uses the OpenELB image is executed
+with this package, honouring what a kubelet would: `command`/`args` (the image's entrypoint is
+`openelb`), `env` with `fieldRef`, `secretKeyRef` and `configMapKeyRef`, the service-account token
+projected at the standard path (a private mount namespace per container), `hostNetwork` (the node's
+namespace, else the pod's), `runAsUser`/`runAsGroup`, and capabilities (the bounding set is cut
+to the added ones). A wrong flag, env var, port or RBAC rule in the manifests therefore fails in
+the lab as it would in a cluster. Building the command line is pure; the agent runs it.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from lightkube.models.core_v1 import Container
+from lightkube.resources.core_v1 import Pod
+
+IMAGE_REPOSITORY = "openelb/openelb-python"
+"""The chart's image; any registry and tag."""
+ENTRYPOINT = ("openelb",)
+SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+Lookup = Callable[[str, str, str, str], str | None]
+"""(kind "Secret"|"ConfigMap", namespace, name, key) -> value."""
+
+
+class ContainerError(ValueError):
+    """The Pod cannot start as written (a kubelet would report CreateContainerConfigError)."""
+
+
+def is_openelb_image(image: str | None) -> bool:
+    if not image:
+        return False
+    ref = image.split("@", 1)[0]
+    repo = ref.rsplit(":", 1)[0] if ":" in ref.rsplit("/", 1)[-1] else ref
+    return repo == IMAGE_REPOSITORY or repo.endswith("/" + IMAGE_REPOSITORY)
+
+
+@dataclass(frozen=True)
+class Probe:
+    port: int
+    path: str
+
+
+@dataclass(frozen=True)
+class ContainerRun:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    user: int | None = None
+    group: int | None = None
+    caps: tuple[str, ...] | None = None
+    """None: a root container's default set; else exactly these (lower case, no CAP_ prefix)."""
+    readiness: Probe | None = None
+    liveness: Probe | None = None
+    ports: dict[str, int] = field(default_factory=dict)
+
+
+def _field(pod: Pod, path: str, pod_ip: str, host_ip: str) -> str:
+    md, spec = pod.metadata, pod.spec
+    assert md is not None and spec is not None
+    values = {
+        "metadata.name": md.name,
+        "metadata.namespace": md.namespace,
+        "metadata.uid": md.uid,
+        "spec.nodeName": spec.nodeName,
+        "spec.serviceAccountName": spec.serviceAccountName,
+        "status.podIP": pod_ip,
+        "status.hostIP": host_ip,
+    }
+    if path not in values:
+        raise ContainerError(f"unsupported fieldRef {path}")
+    return str(values[path] or "")
+
+
+def _probe(c: Container, kind: str, ports: dict[str, int]) -> Probe | None:
+    probe = getattr(c, kind)
+    if probe is None or probe.httpGet is None:
+        return None
+    port = probe.httpGet.port
+    if isinstance(port, str) and not port.isdigit():
+        if port not in ports:
+            raise ContainerError(f"container {c.name}: {kind} names port {port!r}, which is not declared")
+        port = ports[port]
+    return Probe(int(port), probe.httpGet.path or "/")
+
+
+def plan(pod: Pod, c: Container, lookup: Lookup, api: tuple[str, int], *, pod_ip: str, host_ip: str) -> ContainerRun:
+    md, spec = pod.metadata, pod.spec
+    assert md is not None and spec is not None
+    argv = list(c.command or ENTRYPOINT) + list(c.args or [])
+    if argv[:1] == list(ENTRYPOINT):
+        argv = [sys.executable, "-m", "openelb", *argv[1:]]
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": "/tmp",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "KUBERNETES_SERVICE_HOST": api[0],
+        "KUBERNETES_SERVICE_PORT": str(api[1]),
+    }
+    for e in c.env or []:
+        if e.valueFrom is None:
+            env[e.name] = e.value or ""
+            continue
+        vf = e.valueFrom
+        if vf.fieldRef is not None:
+            env[e.name] = _field(pod, vf.fieldRef.fieldPath, pod_ip, host_ip)
+            continue
+        ref, kind = (vf.secretKeyRef, "Secret") if vf.secretKeyRef is not None else (vf.configMapKeyRef, "ConfigMap")
+        if ref is None:
+            raise ContainerError(f"container {c.name}: env {e.name}: unsupported valueFrom")
+        value = lookup(kind, md.namespace or "default", ref.name or "", ref.key)
+        if value is None:
+            if ref.optional:
+                continue
+            raise ContainerError(f"container {c.name}: env {e.name}: {kind} {ref.name} has no key {ref.key}")
+        env[e.name] = value
+    ports = {p.name: p.containerPort for p in c.ports or [] if p.name}
+    pod_sc, sc = spec.securityContext, c.securityContext
+    user = (sc.runAsUser if sc and sc.runAsUser is not None else None) or (pod_sc.runAsUser if pod_sc else None)
+    group = (sc.runAsGroup if sc and sc.runAsGroup is not None else None) or (pod_sc.runAsGroup if pod_sc else None)
+    non_root = (sc.runAsNonRoot if sc and sc.runAsNonRoot is not None else None) or (
+        pod_sc.runAsNonRoot if pod_sc else None
+    )
+    if non_root and not user:
+        raise ContainerError(f"container {c.name}: runAsNonRoot without a non-zero runAsUser")
+    caps: tuple[str, ...] | None = None
+    if sc and sc.capabilities:
+        drop = {x.upper() for x in sc.capabilities.drop or []}
+        add = tuple(sorted(x.lower().removeprefix("cap_") for x in sc.capabilities.add or []))
+        if "ALL" in drop or add:
+            caps = add
+    return ContainerRun(
+        name=c.name,
+        argv=argv,
+        env=env,
+        user=user,
+        group=group,
+        caps=caps,
+        readiness=_probe(c, "readinessProbe", ports),
+        liveness=_probe(c, "livenessProbe", ports),
+        ports=ports,
+    )
+
+
+def wrap(run: ContainerRun, netns_name: str, sa_dir: str) -> list[str]:
+    """The host command line: a private mount namespace with the token at the standard path,
+    the network namespace, then the identity and capabilities."""
+    inner = ["ip", "netns", "exec", netns_name]
+    priv = ["setpriv", "--no-new-privs"]
+    if run.user:
+        priv += [f"--reuid={run.user}", f"--regid={run.group or run.user}", "--clear-groups"]
+    if run.caps is not None:
+        keep = ",".join(["-all", *(f"+{c}" for c in run.caps)])
+        priv += [f"--bounding-set={keep}", f"--inh-caps={keep}"]
+        if run.user and run.caps:
+            priv += [f"--ambient-caps={keep}"]
+    inner += [*priv, "--", *run.argv]
+    script = f'mount --bind "$0" {SA_DIR} && exec "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, sa_dir, *inner]
