@@ -6,7 +6,7 @@ Uses the lab with OpenELB installed by `openelb lab demo` (or installs it): the 
 `layer2-svc`. A prober in the client namespace opens a new TCP connection and sends an HTTP GET
 every 10 ms; for each failure kind the owner node is hit while probing, and the outage is the gap
 from the last success before the failure to the first success after it. Kinds: SIGKILL of the
-owner's speaker (its supervisor restarts it, as a DaemonSet would), the owner's link going down,
+owner's speaker (the lab's kubelet restarts it, as for a DaemonSet pod), the owner's link going down,
 and a graceful stop (SIGTERM). Targets (issue 4): p50 <= 300 ms and p99 <= 1 s on SIGKILL and link
 loss, <= 100 ms on graceful stop. Also printed: create-to-first-ARP-answer latency for new Services.
 """
@@ -14,6 +14,7 @@ loss, <= 100 ms on graceful stop. Also printed: create-to-first-ARP-answer laten
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -28,8 +29,9 @@ import yaml
 from lightkube.resources.core_v1 import Service
 
 from openelb.kube.client import sync_client
-from openelb.lab import install, lab, netns, processes, topology, workloads
+from openelb.lab import install, lab, netns, topology, workloads
 from openelb.lab.components import Paths
+from openelb.lab.plan import LabPlan
 
 PROBER = str(Path(__file__).with_name("prober.py"))
 
@@ -58,13 +60,14 @@ def path_owner(client_ns: str, ip: str, macs: dict[str, str]) -> str | None:
     return None
 
 
-def speaker_pid(paths: Paths, node: str) -> int | None:
-    """The speaker process under the lab supervisor of `node`."""
-    sup = next((d for d in processes.recorded(paths.state) if d.name == f"openelb-speaker-{node}"), None)
-    if sup is None:
-        return None
-    children = Path(f"/proc/{sup.pid}/task/{sup.pid}/children").read_text().split()
-    return int(children[0]) if children else None
+def speaker_pid(plan: LabPlan, node: str) -> int | None:
+    """The speaker Pod's process on `node` (hostNetwork: it runs in the node's namespace; the lab's
+    kubelet restarts it when it exits, as a DaemonSet pod's container)."""
+    for pid in netns.netns_pids(plan.node(node).netns):
+        with contextlib.suppress(OSError):
+            if b"openelb\x00speaker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return pid
+    return None
 
 
 def outage(successes: list[float]) -> float:
@@ -123,14 +126,14 @@ def main() -> None:
             if kind == "link-down":
                 topology.set_node_link(plan, node, up=False)
             else:
-                pid = speaker_pid(paths, owner)
+                pid = speaker_pid(plan, owner)
                 if pid:
                     os.kill(pid, signal.SIGKILL if kind == "sigkill" else signal.SIGTERM)
             probed, _ = prober.communicate(timeout=30)
             outages.append(outage(json.loads(probed)["oks"]))
             if kind == "link-down":
                 topology.set_node_link(plan, node, up=True)
-            time.sleep(3.0)  # supervisor restart / link back, then a single owner again
+            time.sleep(3.0)  # container restart / link back, then a single owner again
             print(f"  {kind:9} run {run + 1:>2}/{args.runs}: outage {outages[-1]:7.0f} ms", flush=True)
 
     first_arp = []

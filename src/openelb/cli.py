@@ -24,10 +24,11 @@ def _lab_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     ex = cmds.add_parser("exec", help="run a command in a lab host's namespace: exec HOST -- CMD...")
     ex.add_argument("host", help="node-N, client, router or remote")
     ex.add_argument("argv", nargs=argparse.REMAINDER)
-    demo = cmds.add_parser("demo", help="the seed walkthrough: NodePort check, then OpenELB Layer2 with ping and curl")
+    demo = cmds.add_parser(
+        "demo",
+        help="the seed walkthrough: NodePort check, OpenELB from deploy/openelb.yaml, Layer2 and BGP with ping and curl",
+    )
     demo.add_argument("--namespace", default="demo", help="namespace of the NodePort check")
-    sup = cmds.add_parser("supervise", help=argparse.SUPPRESS)
-    sup.add_argument("argv", nargs=argparse.REMAINDER)
     agent = cmds.add_parser("agent", help=argparse.SUPPRESS)
     agent.add_argument("--node", required=True)
 
@@ -141,10 +142,6 @@ def _run_lab(args: argparse.Namespace) -> int:
         from openelb.lab import demo
 
         return demo.run(args.namespace)
-    elif cmd == "supervise":
-        from openelb.lab.supervisor import supervise
-
-        return supervise(args.argv[1:] if args.argv[:1] == ["--"] else args.argv)
     elif cmd == "agent":
         from openelb.lab import agent
 

@@ -2,8 +2,9 @@
 
 Part 1 proves the cluster: two kubia pods behind a NodePort, curled from the client host through
 every node. Part 2 is the seed's OpenELB steps with its own manifests (lab addresses): install
-OpenELB, apply the Eip, the Deployment and the LoadBalancer Service, and show `kubectl get eip` /
-`kubectl get svc` with the EXTERNAL-IP.
+OpenELB with `deploy/openelb.yaml` (its Pods run in the lab), apply the Eip, the Deployment and
+the LoadBalancer Service, show `kubectl get eip` / `kubectl get svc` with the EXTERNAL-IP, ping
+and curl it. Part 3 is BGP mode through the lab's router.
 """
 
 from __future__ import annotations
@@ -67,8 +68,11 @@ def run(namespace: str = "demo") -> int:
 
 def seed_walkthrough(client: Client, plan: LabPlan, paths: Paths, kubectl: str, kc: str) -> int:
     say = Progress()
-    say("installing OpenELB: CRDs, admission webhook, controller")
+    say("installing OpenELB from the install manifest; waiting for its Pods (controller x2, a speaker per node)")
+    print("$ kubectl apply --server-side -f deploy/openelb.yaml", flush=True)
     install.install(client, plan, paths)
+    print("$ kubectl -n openelb-system get pods -o wide", flush=True)
+    subprocess.run([kubectl, kc, "-n", "openelb-system", "get", "pods", "-o", "wide"], check=False)
     seed = Path(__file__).resolve().parents[3] / "examples" / "seed"
     for name in ("layer2-eip.yaml", "layer2-deployment.yaml", "layer2-svc.yaml"):
         print(f"$ kubectl apply -f examples/seed/{name}", flush=True)

@@ -1,54 +1,63 @@
-"""Install OpenELB into the lab for the demo: CRDs, the webhook registration, a controller
-process in the root namespace and a supervised speaker in every node's namespace (recorded like
-the lab's other daemons, so `lab down` stops them).
+"""Install OpenELB into the lab the way a user does: `kubectl apply -f deploy/openelb.yaml`.
 
-The apiserver calls the webhook at the lab's root address; in a real cluster the install
-manifest points it at the controller's Service instead.
+The manifest's own Deployment and DaemonSet run: the lab's kubelet executes the OpenELB image's
+containers from the Pod specs (`lab/containers.py`), under their ServiceAccounts and RBAC, and
+the apiserver reaches the webhook through the controller's Service. Waits until every Pod of the
+install is Ready and the webhook answers.
 """
 
 from __future__ import annotations
 
-import sys
 import time
+from pathlib import Path
+from typing import Any
 
+import yaml
 from lightkube import Client
 from lightkube.core.exceptions import ApiError
+from lightkube.resources.apps_v1 import DaemonSet, Deployment
 from lightkube.resources.coordination_v1 import Lease
 
-from openelb.api import crds, names
-from openelb.controller.webhook import webhook_configuration
+from openelb.api import names
 from openelb.kube.resources import Eip
-from openelb.lab import netns, processes, workloads
+from openelb.lab import workloads
 from openelb.lab.components import Paths
 from openelb.lab.plan import LabPlan
 
-DAEMON = "openelb-controller"
+MANIFEST = Path(__file__).resolve().parents[3] / "deploy" / "openelb.yaml"
 
 
-def install(client: Client, plan: LabPlan, paths: Paths) -> None:
-    for crd in crds.definitions():
-        workloads.apply(client, crd)
+def manifest_docs(path: Path = MANIFEST) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def install(client: Client, plan: LabPlan, paths: Paths, manifest: Path = MANIFEST, timeout: float = 120) -> None:
+    docs = manifest_docs(manifest)
+    crds = [d for d in docs if d["kind"] == "CustomResourceDefinition"]
+    workloads.apply(client, *crds)
     workloads.poll("the Eip API", lambda: list(client.list(Eip)) is not None, 30)
-    workloads.ensure_namespace(client, names.DEFAULT_NAMESPACE)
-    workloads.apply(client, webhook_configuration("openelb-admission", url=f"https://{plan.api_v4}:9443"))
-    running = [d for d in processes.recorded(paths.state) if d.name == DAEMON and processes.is_running(d)]
-    if not running:
-        argv = [
-            sys.executable, "-m", "openelb", "controller",
-            f"--kubeconfig={paths.kubeconfig('admin')}",
-            f"--webhook-addr={plan.api_v4}:9443", f"--webhook-ip={plan.api_v4}",
-            "--metrics-addr=127.0.0.1:50052",
-        ]  # fmt: skip
-        processes.start(paths.state, DAEMON, argv)
-    for node in plan.nodes:
-        name = f"openelb-speaker-{node.name}"
-        if any(d.name == name and processes.is_running(d) for d in processes.recorded(paths.state)):
-            continue
-        speaker = [sys.executable, "-m", "openelb", "speaker", f"--kubeconfig={paths.kubeconfig('admin')}"]
-        argv = [sys.executable, "-m", "openelb", "lab", "supervise", "--", *netns.exec_argv(node.netns, speaker)]
-        processes.start(paths.state, name, argv, env={"NODE_NAME": node.name})
+    workloads.apply(client, *(d for d in docs if d["kind"] != "CustomResourceDefinition"))
+    wait_ready(client, timeout)
+
+
+def wait_ready(client: Client, timeout: float = 120) -> None:
+    ns = names.DEFAULT_NAMESPACE
+    workloads.poll("the controller Deployment to be available", lambda: _deployment_ready(client, ns), timeout)
+    workloads.poll("a speaker Ready on every node", lambda: _daemonset_ready(client, ns), timeout)
     workloads.poll("the controller to lead", lambda: _leader(client), 30)
     workloads.poll("the admission webhook", lambda: _webhook_answers(client), 30)
+
+
+def _deployment_ready(client: Client, ns: str) -> bool:
+    dep = client.get(Deployment, "openelb-controller", namespace=ns)
+    want = dep.spec.replicas if dep.spec and dep.spec.replicas is not None else 1
+    return bool(dep.status and dep.status.readyReplicas == want and dep.status.updatedReplicas == want)
+
+
+def _daemonset_ready(client: Client, ns: str) -> bool:
+    ds = client.get(DaemonSet, "openelb-speaker", namespace=ns)
+    st = ds.status
+    return bool(st and st.desiredNumberScheduled and st.numberReady == st.desiredNumberScheduled)
 
 
 def _leader(client: Client) -> bool:
