@@ -26,7 +26,7 @@ def _lab_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     ex.add_argument("argv", nargs=argparse.REMAINDER)
     demo = cmds.add_parser(
         "demo",
-        help="the seed walkthrough: NodePort check, OpenELB from deploy/openelb.yaml, Layer2 and BGP with ping and curl",
+        help="the seed walkthrough: NodePort check, OpenELB from deploy/openelb.yaml, Layer2 and BGP, ping, curl",
     )
     demo.add_argument("--namespace", default="demo", help="namespace of the NodePort check")
     agent = cmds.add_parser("agent", help=argparse.SUPPRESS)

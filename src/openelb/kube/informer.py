@@ -39,7 +39,7 @@ class Informer(Generic[T]):
         namespace: str | None = "*",
         fields: dict[str, str] | None = None,
         labels: dict[str, Any] | None = None,
-        watch_timeout: int = 290,
+        watch_timeout: int = 50,
         resync_period: float | None = None,
         name: str | None = None,
     ) -> None:
@@ -80,14 +80,22 @@ class Informer(Generic[T]):
         return rv
 
     async def _events(self, rv: str) -> AsyncIterator[tuple[str, T]]:
-        timeout = self.watch_timeout + random.randint(0, 30)  # noqa: S311 - jitter, not crypto
+        timeout = self.watch_timeout + random.randint(0, 10)  # noqa: S311 - jitter, not crypto
         res: Any = self.resource
         stream = self.client.watch(res, resource_version=rv, server_timeout=timeout, **self._scope())
         iterator: Any = stream.__aiter__()
+        deadline = asyncio.get_running_loop().time() + timeout + 10
         try:
             while True:
-                # lightkube sets no read timeout on watches: a silent connection must not hang us.
-                event, obj = await asyncio.wait_for(iterator.__anext__(), timeout + 30)
+                # lightkube sets no read timeout on watches, and a connection whose NAT state
+                # vanished (a node's link flapped) stays silent forever: every watch is ended
+                # after the server's own timeout and resumed from the last version seen, so a
+                # dead one costs at most `timeout` + 10 s of missed events.
+                left = deadline - asyncio.get_running_loop().time()
+                try:
+                    event, obj = await asyncio.wait_for(iterator.__anext__(), max(left, 0.1))
+                except StopAsyncIteration:
+                    return
                 yield event, obj
         finally:
             await iterator.aclose()
@@ -96,12 +104,16 @@ class Informer(Generic[T]):
         """Run until cancelled; never raises on API errors (they are logged and retried)."""
         backoff = 0.2
         resync = asyncio.create_task(self._resync_loop()) if self.resync_period else None
+        rv: str | None = None
         try:
             while True:
                 try:
-                    rv = await self._relist()
-                    backoff = 0.2
+                    if rv is None:
+                        rv = await self._relist()
+                        backoff = 0.2
+                    # A watch the server ended resumes from the last version seen: no relist.
                     async for event, obj in self._events(rv):
+                        rv = _rv(obj) or rv
                         if event == "BOOKMARK":
                             continue
                         key = object_key(obj)
@@ -112,7 +124,10 @@ class Informer(Generic[T]):
                         self.on_change(key)
                 except asyncio.CancelledError:
                     raise
+                except TimeoutError:
+                    log.debug("%s informer: watch renewed", self.name)
                 except Exception as exc:
+                    rv = None  # relist: 410 Gone (too old) or a failure that may have lost events
                     gone = isinstance(exc, ApiError) and exc.status.code == 410
                     if not gone:
                         log.warning("%s informer: %s; relisting in %.1fs", self.name, exc or type(exc), backoff)
