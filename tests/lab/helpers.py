@@ -73,7 +73,7 @@ class ControllerProcess(DaemonProcess):
 def apply_yaml(kube: Client, text: str, namespace: str | None = None) -> None:
     for doc in yaml.safe_load_all(text):
         if doc:
-            if namespace and doc.get("kind") == "Service":
+            if namespace and doc.get("kind") in ("Service", "Deployment"):
                 doc.setdefault("metadata", {})["namespace"] = namespace
             workloads.apply(kube, doc)
 

@@ -136,7 +136,7 @@ def upgraded(kube: Client, lab_plan: LabPlan) -> Iterator[str]:
     workloads.ensure_namespace(kube, ns)
     go_openelb_state(kube, ns)
     try:
-        out = kubectl("apply", "--server-side", "--dry-run=server", "-f", str(install.MANIFEST))
+        out = kubectl("apply", "--server-side", "--force-conflicts", "--dry-run=server", "-f", str(install.MANIFEST))
         assert "serverside-applied (server dry run)" in out.stdout
         kubectl("apply", "--server-side", "--force-conflicts", "-f", str(install.MANIFEST))
         install.wait_ready(kube, timeout=120)
