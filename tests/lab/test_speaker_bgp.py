@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import SpeakerProcess, apply_yaml, delete_eip, in_netns, wait_event, wait_ips
+from helpers import SpeakerProcess, apply_yaml, delete_eip, in_netns, scrape, wait_event, wait_ips
 from lightkube import Client
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import Node, Pod, Service
@@ -160,6 +160,11 @@ def test_bfd_up_and_status_written(
     sessions = {(s.node, s.peer): s for s in snap.sessions}
     for n in lab_plan.nodes:
         assert sessions[(n.name, "router")].state == "ESTABLISHED" and sessions[(n.name, "router")].bfd == "up"
+    # and the speaker's metrics
+    m = scrape(f"http://{lab_plan.nodes[0].lan_v4}:50053/metrics")
+    peer = (("address", "198.18.0.2"), ("peer", "router"))
+    assert m[("openelb_bgp_session_established", peer)] == 1.0 and m[("openelb_bfd_up", peer)] == 1.0
+    assert m[("openelb_bgp_paths_sent", peer)] == len(lab_plan.nodes)
 
 
 def test_route_refresh_resends(kube: Client, lab_plan: LabPlan, bird: router.Bird, bgp_seed: tuple[str, str]) -> None:

@@ -147,6 +147,23 @@ class Speaker:
                 g = GaugeMetricFamily("openelb_speaker_live_peers", "speakers heard, this one included")
                 g.add_metric([], float(len(speaker.membership.alive())))
                 yield g
+                backend = speaker.bgp.backend if speaker.bgp else None
+                if backend is not None:
+                    labels = ["peer", "address"]
+                    up = GaugeMetricFamily(
+                        "openelb_bgp_session_established", "1 while the session is up", labels=labels
+                    )
+                    paths = GaugeMetricFamily("openelb_bgp_paths_sent", "paths in the Adj-RIB-Out", labels=labels)
+                    bfd = GaugeMetricFamily("openelb_bfd_up", "1 while BFD is Up (peers with BFD)", labels=labels)
+                    flaps = CounterMetricFamily("openelb_bgp_session_flaps", "Established sessions lost", labels=labels)
+                    for st in backend.status():
+                        key = [st.name, st.address]
+                        up.add_metric(key, float(st.state == "ESTABLISHED"))
+                        paths.add_metric(key, float(st.prefixes_sent))
+                        flaps.add_metric(key, float(st.flops))
+                        if st.bfd != "disabled":
+                            bfd.add_metric(key, float(st.bfd == "up"))
+                    yield from (up, paths, bfd, flaps)
 
         self.registry.register(Collector())
 
