@@ -137,8 +137,10 @@ def test_bfd_up_and_status_written(
 
     def peer_status() -> dict[str, Any] | None:
         st = (kube.get(BgpPeer, "router").get("status") or {}).get("nodesPeerStatus") or {}
+        # one path per node for the one IPv4 Service, on every node's session
         ok = len(st) == len(lab_plan.nodes) and all(
-            v["peerState"]["sessionState"] == "ESTABLISHED" and v["bfd"] == "up" for v in st.values()
+            v["peerState"]["sessionState"] == "ESTABLISHED" and v["bfd"] == "up" and v["prefixesSent"] == len(st)
+            for v in st.values()
         )
         return st if ok else None
 
@@ -146,7 +148,6 @@ def test_bfd_up_and_status_written(
     entry = st[lab_plan.nodes[0].name]
     assert entry["peerState"]["peerAs"] == router.ROUTER_AS and entry["addPath"] is True
     assert int(entry["peerState"]["messages"]["sent"]["update"]) >= 1
-    assert entry["prefixesSent"] == len(lab_plan.nodes)  # one path per node for the one IPv4 Service
     conf = workloads.poll(
         "BgpConf status",
         lambda: (kube.get(BgpConf, "default").get("status") or {}).get("nodesConfStatus"),
