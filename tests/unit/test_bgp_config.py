@@ -127,3 +127,24 @@ def test_next_hops_follow_eligibility_liveness_endpoints_and_rack() -> None:
     assert desired.bgp_next_hops(["198.51.100.7"], [svc], NODES, None, rack="b") == {"198.51.100.7": ("198.18.0.12",)}
     # IPs not used by a Service are not announced
     assert desired.bgp_next_hops(["198.51.100.9"], [svc], NODES, None) == {}
+
+
+def test_routes_decided_before_the_backend_exists_are_announced() -> None:
+    """The speaker decides before BGP mode's first reconfiguration creates the backend: those
+    routes must not be lost (a fresh speaker in a quiet cluster would announce nothing)."""
+    import asyncio
+    from typing import Any, cast
+
+    from openelb.protocols.bgp.session import parse_prefix
+    from openelb.speaker.bgp.mode import BgpMode
+
+    async def scenario() -> dict[Any, tuple[str, ...]]:
+        mode = BgpMode(cast(Any, None), "node-1", cast(Any, None), lambda: (("198.18.0.11",), {}))
+        mode.set_routes({"203.0.113.10": ("198.18.0.11", "198.18.0.12")})
+        await mode._reconfigure()
+        assert mode.backend is not None
+        routes = dict(mode.backend.routes)  # type: ignore[attr-defined]
+        await mode.close(graceful_restart=False)
+        return routes
+
+    assert asyncio.run(scenario()) == {parse_prefix("203.0.113.10"): ("198.18.0.11", "198.18.0.12")}

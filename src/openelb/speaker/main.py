@@ -432,6 +432,9 @@ class Speaker:
         try:
             await stop.wait()
         finally:
+            self.ready = False  # no decision or reconfiguration may run while closing
+            for t in tasks:
+                t.cancel()
             self._send(hbp.LEAVING)  # peers take over at once
             if self.announcer:
                 self.announcer.close()
@@ -439,8 +442,6 @@ class Speaker:
                 await self.bgp.close(graceful_restart=True)
             if self.local is not None:
                 self.local.close()
-            for t in tasks:
-                t.cancel()
             self.transport.close()
             if runner:
                 await runner.cleanup()

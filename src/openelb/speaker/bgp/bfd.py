@@ -37,9 +37,10 @@ class BfdManager:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._rx: list[socket.socket] = []
         self.bad_packets = 0
+        self._closed = False
 
     def configure(self, peers: Mapping[str, BfdConfig]) -> None:
-        if not peers and self._thread is None:
+        if (not peers and self._thread is None) or self._closed:
             return
         if self._thread is None:
             ready = threading.Event()
@@ -53,6 +54,7 @@ class BfdManager:
         return {a: s.state.name.lower().replace("_", "-") for a, (s, _sock, _c) in list(self._sessions.items())}
 
     def close(self) -> None:
+        self._closed = True
         if self._loop is not None and self._thread is not None:
             self._loop.call_soon_threadsafe(self._shutdown)
             self._thread.join(2)

@@ -21,6 +21,7 @@ from openelb.api import names
 from openelb.kube.events import EventRecorder, Target
 from openelb.kube.informer import Informer
 from openelb.kube.resources import BgpConf, BgpPeer
+from openelb.protocols.bgp.codec import Prefix
 from openelb.protocols.bgp.session import parse_prefix
 from openelb.speaker.bgp import config as cfgmod
 from openelb.speaker.bgp.backend import BgpBackend, InProcessBackend, PeerStatus
@@ -60,6 +61,8 @@ class BgpMode:
         self.global_cfg: cfgmod.GlobalConfig | None = None
         self.active: dict[str, cfgmod.PeerConfig] = {}
         self.rack: str | None = None
+        self._routes: dict[Prefix, tuple[str, ...]] = {}
+        self._closed = False
         self.errors: dict[str, str] = {}
         """Object name → why it is not applied (also sent as a Warning Event)."""
 
@@ -75,8 +78,11 @@ class BgpMode:
         self._dirty.set()
 
     def set_routes(self, next_hops: Mapping[str, tuple[str, ...]]) -> None:
+        """Kept here too: the backend is created on the first reconfiguration, which may come
+        after the speaker's first decision."""
+        self._routes = {parse_prefix(ip): hops for ip, hops in next_hops.items()}
         if self.backend is not None:
-            self.backend.set_routes({parse_prefix(ip): hops for ip, hops in next_hops.items()})
+            self.backend.set_routes(self._routes)
 
     async def run(self) -> None:
         tasks = [asyncio.create_task(self._status_loop())]
@@ -93,6 +99,7 @@ class BgpMode:
                 t.cancel()
 
     async def close(self, graceful_restart: bool) -> None:
+        self._closed = True
         if self.bfd is not None:
             self.bfd.close()
         if self.backend is not None:
@@ -112,12 +119,13 @@ class BgpMode:
 
     async def _reconfigure(self) -> None:
         info = self._node_info()
-        if info is None:
+        if info is None or self._closed:
             return
         addresses, labels = info
         if self.backend is None:
             hops: dict[int, str] = {v: a for a in reversed(addresses) if (v := ipaddress.ip_address(a).version)}
             self.backend = InProcessBackend(hops)
+            self.backend.set_routes(self._routes)
             self.bfd = BfdManager(self.backend.set_bfd_state)
         conf = self.confs.store.get(CONF_NAME)
         g: cfgmod.GlobalConfig | None = None
