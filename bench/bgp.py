@@ -25,7 +25,6 @@ import contextlib
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from pathlib import Path
 
 from lightkube.resources.core_v1 import Pod
 from lightkube.types import PatchType
+from report import print_outages
 
 from openelb.kube.client import sync_client
 from openelb.kube.resources import BgpPeer
@@ -312,11 +312,8 @@ def failover(runs: int, runs_without_bfd: int) -> None:
             print(f"  {label}: run {run + 1:>2}/{n_runs}: {node.name} cut, outage {outages[-1]:6.0f} ms", flush=True)
     client.patch(BgpPeer, "router", {"spec": {"bfd": {"enabled": True}, "timers": None}}, patch_type=PatchType.MERGE)
     bird.reconfigure(router.BirdOptions(bfd_ms=100))
-    print(f"\n{'router notices by':20} {'runs':>5} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
-    for label, vals in results.items():
-        v = sorted(vals)
-        p99 = v[min(len(v) - 1, int(len(v) * 0.99))]
-        print(f"{label:20} {len(v):>5} {statistics.median(v):>8.0f} {p99:>8.0f} {v[-1]:>8.0f}")
+    print()
+    print_outages("router notices by", results)
     print("target: p99 <= 500 ms with BFD")
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import yaml
 from lightkube.resources.core_v1 import Service
+from report import print_outages
 
 from openelb.kube.client import sync_client
 from openelb.lab import install, lab, netns, topology, workloads
@@ -159,11 +160,7 @@ def main() -> None:
         print(
             f"create-to-first-ARP-answer: p50 {statistics.median(fa):.0f} ms, max {fa[-1]:.0f} ms ({len(fa)} Services)"
         )
-    print(f"{'failure':10} {'runs':>5} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
-    for kind, vals in results.items():
-        v = sorted(vals)
-        p99 = v[min(len(v) - 1, int(len(v) * 0.99))]
-        print(f"{kind:10} {len(v):>5} {statistics.median(v):>8.0f} {p99:>8.0f} {v[-1]:>8.0f}")
+    print_outages("failure", results)
     print("targets: p50 <= 300 ms, p99 <= 1000 ms (SIGKILL, link loss); <= 100 ms graceful")
 
 
