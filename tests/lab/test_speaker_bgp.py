@@ -388,3 +388,40 @@ def test_bgpconf_edits_keep_routes(
             {"spec": {"listenPort": 17900, "gracefulRestart": {"restartTime": 120}}},
             patch_type=PatchType.MERGE,
         )
+
+
+def test_frr_active_connect_remote_port_md5_add_path(
+    kube: Client, lab_plan: LabPlan, bgp_seed: tuple[str, str]
+) -> None:
+    """FRR 8 (bgpd without zebra) on the router's WAN address, port 1791, waiting passively: the
+    speakers connect out (transport.remotePort) over eBGP multihop with TCP-MD5; FRR receives one
+    path per node (ADD-PATH) and the End-of-RIB of every speaker."""
+    ip = bgp_seed[0]
+    frr = router.Frr(lab_plan, lab.state_dir(), router.frr_config(lab_plan, 65010, router.NODES_AS, "frr-key"))
+    peer = {
+        "apiVersion": "network.kubesphere.io/v1alpha2",
+        "kind": "BgpPeer",
+        "metadata": {"name": "frr"},
+        "spec": {
+            "conf": {"peerAs": 65010, "neighborAddress": str(lab_plan.router.wan_v4), "authPassword": "frr-key"},
+            "ebgpMultihop": {"enabled": True, "multihopTtl": 3},
+            "transport": {"remotePort": router.FRR_PORT},
+        },
+    }
+    try:
+        apply_yaml(kube, yaml_dump(peer))
+        nodes = node_ips(lab_plan)
+
+        def established() -> set[str]:
+            return {a for a, n in frr.neighbors().items() if n.get("bgpState") == "Established"}
+
+        workloads.poll("FRR sessions with every node", lambda: established() == nodes, 40)
+        workloads.poll("FRR holds a path per node", lambda: frr.next_hops(f"{ip}/32") == nodes, 20)
+        for address, n in frr.neighbors().items():
+            caps = n.get("neighborCapabilities") or {}
+            assert isinstance(caps, dict) and "ipv4Unicast" in (caps.get("addPath") or {}), (address, caps)
+            gr = n.get("gracefulRestartInfo") or {}
+            assert isinstance(gr, dict) and (gr.get("endOfRibRecv") or {}).get("ipv4Unicast") is True, (address, gr)
+    finally:
+        kube.delete(BgpPeer, "frr")
+        frr.stop()

@@ -1,9 +1,10 @@
-"""The lab's upstream router for BGP mode: BIRD 2 (or gobgpd) in the `router` namespace.
+"""The lab's upstream routers for BGP mode: BIRD 2, gobgpd and FRR in the `router` namespace.
 
 BIRD peers with every node (IPv4 and IPv6 sessions, ADD-PATH receive, optional MD5 and BFD) and
 exports what it learns into its namespace's kernel with `merge paths`, so the `remote` host behind
 the router reaches a LoadBalancer IP over ECMP routes, as a real top-of-rack router would.
-gobgpd is the second implementation the speaker is checked against (`gobgp` CLI for assertions).
+gobgpd and FRR's bgpd are the other implementations the speaker is checked against (`gobgp` and
+`vtysh` for assertions), on the router's WAN address so that they run beside BIRD.
 """
 
 from __future__ import annotations
@@ -248,5 +249,74 @@ class GoBgp:
 
 def have_router_daemons() -> str | None:
     """Why BGP interop tests cannot run here, or None."""
-    missing = [b for b in ("bird", "birdc", "gobgpd", "gobgp") if shutil.which(b) is None]
-    return f"missing {', '.join(missing)}: run scripts/setup (apt bird2 gobgpd)" if missing else None
+    missing = [b for b in ("bird", "birdc", "gobgpd", "gobgp", "vtysh") if shutil.which(b) is None]
+    if not Path(FRR_BGPD).exists():
+        missing.append(FRR_BGPD)
+    return f"missing {', '.join(missing)}: run scripts/setup (apt bird2 gobgpd frr)" if missing else None
+
+
+FRR_BGPD = "/usr/lib/frr/bgpd"
+FRR_PORT = 1791
+
+
+def frr_config(plan: LabPlan, router_as: int, nodes_as: int, password: str) -> str:
+    """FRR's bgpd on the router's WAN address, port 1791, passive: the speakers connect to it
+    (BgpPeer transport.remotePort) over eBGP multihop, with TCP-MD5 and ADD-PATH receive."""
+    r = plan.router
+    lines = [f"router bgp {router_as}", f" bgp router-id {r.lan_v4}", " no bgp ebgp-requires-policy"]
+    for node in plan.nodes:
+        lines += [
+            f" neighbor {node.lan_v4} remote-as {nodes_as}",
+            f" neighbor {node.lan_v4} ebgp-multihop 3",
+            f" neighbor {node.lan_v4} passive",
+        ]
+        if password:
+            lines.append(f" neighbor {node.lan_v4} password {password}")
+    lines.append(" address-family ipv4 unicast")
+    lines += [f"  neighbor {node.lan_v4} addpath-rx-paths-limit 16" for node in plan.nodes]
+    lines.append(" exit-address-family")
+    return "\n".join(lines) + "\n"
+
+
+class Frr:
+    """FRR's bgpd (no zebra) in the router namespace; `vtysh` over its socket for assertions."""
+
+    def __init__(self, plan: LabPlan, state: Path, config: str) -> None:
+        self.plan = plan
+        self.state = state
+        self.dir = state / "frr"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o777)  # bgpd drops to the frr user and writes its vty socket here
+        conf = self.dir / "bgpd.conf"
+        conf.write_text(config)
+        conf.chmod(0o644)
+        argv = [FRR_BGPD, "-Z", "-p", str(FRR_PORT), "-l", str(plan.router.wan_v4), "-f", str(conf),
+                "--vty_socket", str(self.dir), "-i", str(self.dir / "bgpd.pid")]  # fmt: skip
+        self.daemon = processes.start(state, "frr-bgpd", netns.exec_argv(plan.router.netns, argv))
+
+    def vtysh(self, command: str) -> str:
+        out = subprocess.run(
+            ["vtysh", "--vty_socket", str(self.dir), "-c", command],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        return out.stdout
+
+    def neighbors(self) -> dict[str, dict[str, object]]:
+        try:
+            data = json.loads(self.vtysh("show bgp neighbors json") or "{}")
+        except ValueError:
+            return {}
+        return {k: v for k, v in data.items() if isinstance(v, dict)}
+
+    def next_hops(self, prefix: str) -> set[str]:
+        try:
+            data = json.loads(self.vtysh(f"show bgp ipv4 unicast {prefix} json") or "{}")
+        except ValueError:
+            return set()
+        return {nh["ip"] for path in data.get("paths", []) for nh in path.get("nexthops", [])}
+
+    def stop(self) -> None:
+        processes.stop(self.state, self.daemon)
