@@ -63,8 +63,6 @@ class BgpMode:
         self.rack: str | None = None
         self._routes: dict[Prefix, tuple[str, ...]] = {}
         self._closed = False
-        self.errors: dict[str, str] = {}
-        """Object name → why it is not applied (also sent as a Warning Event)."""
 
     @property
     def informers(self) -> list[Informer[Any]]:
@@ -133,12 +131,10 @@ class BgpMode:
             v4 = next((a for a in addresses if ipaddress.ip_address(a).version == 4), None)
             try:
                 g = cfgmod.global_config(conf.get("spec") or {}, v4, labels)
-                self.errors.pop(f"BgpConf/{CONF_NAME}", None)
                 if g.ignored:
                     fields = ", ".join(g.ignored)
                     await self._warn("BgpConf", conf, "UnsupportedFields", f"accepted but not acted upon: {fields}")
             except cfgmod.ConfigError as exc:
-                self.errors[f"BgpConf/{CONF_NAME}"] = str(exc)
                 await self._warn("BgpConf", conf, "InvalidBgpConf", str(exc))
         self.rack = labels.get(cfgmod.RACK_LABEL)
         peers: dict[str, cfgmod.PeerConfig] = {}
@@ -152,10 +148,8 @@ class BgpMode:
             try:
                 peer = cfgmod.peer_config(name, spec)
             except cfgmod.ConfigError as exc:
-                self.errors[f"BgpPeer/{name}"] = str(exc)
                 await self._warn("BgpPeer", obj, "InvalidBgpPeer", str(exc))
                 continue
-            self.errors.pop(f"BgpPeer/{name}", None)
             if peer.ignored:
                 fields = ", ".join(peer.ignored)
                 await self._warn("BgpPeer", obj, "UnsupportedFields", f"accepted but not acted upon: {fields}")
