@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -425,3 +426,68 @@ def test_frr_active_connect_remote_port_md5_add_path(
     finally:
         kube.delete(BgpPeer, "frr")
         frr.stop()
+
+
+GARBAGE_CLIENT = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], 17900), timeout=5)
+s.sendall(bytes.fromhex(sys.argv[2]))
+data = b""
+try:
+    while chunk := s.recv(4096):
+        data += chunk
+except OSError:
+    pass
+print(data.hex())
+"""
+
+
+def test_garbage_from_a_peer_gets_a_notification_and_harms_nothing(
+    kube: Client, lab_plan: LabPlan, bird: router.Bird, speakers: dict[str, SpeakerProcess], bgp_seed: tuple[str, str]
+) -> None:
+    """A configured peer (the `remote` host, passive) that sends a bad header is answered with
+    NOTIFICATION Header Error / Connection Not Synchronized; the speaker and its other sessions
+    carry on."""
+    remote = str(lab_plan.remote.wan_v4)
+    peer = {
+        "apiVersion": "network.kubesphere.io/v1alpha2",
+        "kind": "BgpPeer",
+        "metadata": {"name": "garbage"},
+        "spec": {
+            "conf": {"peerAs": 65099, "neighborAddress": remote},
+            "transport": {"passiveMode": True},
+            "ebgpMultihop": {"enabled": True, "multihopTtl": 3},
+        },
+    }
+    node = lab_plan.nodes[0]
+    apply_yaml(kube, yaml_dump(peer))
+    try:
+        time.sleep(2)  # the speakers configure the peer
+        before = dict(bird.established())
+        garbage = "00" * 16 + "0013" + "04"  # a KEEPALIVE with a zeroed marker
+        out = subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                lab_plan.remote.netns,
+                sys.executable,
+                "-c",
+                GARBAGE_CLIENT,
+                str(node.lan_v4),
+                garbage,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout.strip()
+        reply = bytes.fromhex(out)
+        # our OPEN first, then NOTIFICATION code 1 (header) subcode 1 (not synchronized)
+        assert b"\xff" * 16 in reply and reply.endswith(bytes([0, 21, 3, 1, 1])), reply.hex()
+        assert speakers[node.name].alive()
+        time.sleep(1)
+        assert bird.established() == before
+        wait_hops(lab_plan, bgp_seed[0], node_ips(lab_plan))
+    finally:
+        kube.delete(BgpPeer, "garbage")
