@@ -321,8 +321,11 @@ def split_messages(buf: bytearray) -> Iterator[tuple[int, bytes]]:
         yield kind, body
 
 
+MIN_BODY = {OPEN: 10, UPDATE: 4, NOTIFICATION: 2, KEEPALIVE: 0, ROUTE_REFRESH: 4}
+
+
 def decode(kind: int, body: bytes, add_path_rx: frozenset[Family] = frozenset(), as4: bool = True) -> Message:
-    minimum = {OPEN: 10, UPDATE: 4, NOTIFICATION: 2, KEEPALIVE: 0, ROUTE_REFRESH: 4}
+    minimum = MIN_BODY
     if kind not in minimum:
         raise BgpError(HEADER_ERROR, HDR_BAD_TYPE, f"unknown message type {kind}", bytes([kind]))
     if len(body) < minimum[kind] or (kind == KEEPALIVE and body) or (kind == ROUTE_REFRESH and len(body) != 4):
@@ -354,6 +357,16 @@ def decode_open(body: bytes) -> Open:
     return Open(asn, hold, router_id, caps, version)
 
 
+def _tlvs(data: bytes, what: str) -> Iterator[tuple[int, bytes]]:
+    """(type, value) of one-byte-type, one-byte-length items: OPEN parameters and capabilities."""
+    i = 0
+    while i < len(data):
+        if i + 2 > len(data) or i + 2 + data[i + 1] > len(data):
+            raise BgpError(OPEN_ERROR, 0, f"truncated {what}")
+        yield data[i], data[i + 2 : i + 2 + data[i + 1]]
+        i += 2 + data[i + 1]
+
+
 def _decode_params(data: bytes) -> Capabilities:
     families: set[Family] = set()
     as4: int | None = None
@@ -361,20 +374,11 @@ def _decode_params(data: bytes) -> Capabilities:
     gr: GracefulRestart | None = None
     add_path: list[tuple[Family, int]] = []
     unknown: list[int] = []
-    i = 0
-    while i < len(data):
-        if i + 2 > len(data) or i + 2 + data[i + 1] > len(data):
-            raise BgpError(OPEN_ERROR, 0, "truncated optional parameter")
-        ptype, plen = data[i], data[i + 1]
-        pval, i = data[i + 2 : i + 2 + plen], i + 2 + plen
+    for ptype, pval in _tlvs(data, "optional parameter"):
         if ptype != 2:
             raise BgpError(OPEN_ERROR, OPEN_BAD_PARAM, f"unsupported optional parameter {ptype}")
-        j = 0
-        while j < len(pval):
-            if j + 2 > len(pval) or j + 2 + pval[j + 1] > len(pval):
-                raise BgpError(OPEN_ERROR, 0, "truncated capability")
-            code, clen = pval[j], pval[j + 1]
-            val, j = pval[j + 2 : j + 2 + clen], j + 2 + clen
+        for code, val in _tlvs(pval, "capability"):
+            clen = len(val)
             if code == CAP_MP and clen == 4:
                 afi, _r, safi = struct.unpack("!HBB", val)
                 families.add((afi, safi))
