@@ -130,6 +130,7 @@ class Session:
         self._keepalive_deadline: float | None = None
         self._routes: dict[Prefix, tuple[str, ...]] = {}
         self._rib_out: dict[Family, dict[tuple[int, Prefix], Attributes]] = {}
+        self._paths: dict[str, tuple[int, Attributes]] = {}
         self.established_at: float | None = None
         self.closed: Closed | None = None
 
@@ -305,19 +306,31 @@ class Session:
             if fam not in neg.families:
                 continue
             if fam in neg.add_path:
-                chosen = [(c.fnv32a(nh), nh) for nh in next_hops]
+                chosen = next_hops
             else:
                 own = cfg.next_hops.get(prefix.version)
-                chosen = [(0, own)] if own and own in next_hops else []
-            for path_id, nh in chosen:
-                out[fam][(path_id, prefix)] = Attributes(
-                    next_hop=nh,
-                    as_path=() if cfg.ibgp else (cfg.local_as,),
-                    local_pref=100 if cfg.ibgp else None,
-                    communities=cfg.communities,
-                    large_communities=cfg.large_communities,
-                )
+                chosen = (own,) if own and own in next_hops else ()
+            add_path = fam in neg.add_path
+            for nh in chosen:
+                path_id, attrs = self._path(nh)
+                out[fam][(path_id if add_path else 0, prefix)] = attrs
         return out
+
+    def _path(self, next_hop: str) -> tuple[int, Attributes]:
+        """Path id and attributes depend on the next hop alone (a handful of nodes, thousands of
+        prefixes): built once per next hop, not once per path on every change."""
+        path = self._paths.get(next_hop)
+        if path is None:
+            cfg = self.config
+            attrs = Attributes(
+                next_hop=next_hop,
+                as_path=() if cfg.ibgp else (cfg.local_as,),
+                local_pref=100 if cfg.ibgp else None,
+                communities=cfg.communities,
+                large_communities=cfg.large_communities,
+            )
+            path = self._paths[next_hop] = (c.fnv32a(next_hop), attrs)
+        return path
 
     def _flush(self, end_of_rib: bool = False) -> None:
         neg = self.negotiated
