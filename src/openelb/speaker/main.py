@@ -195,12 +195,9 @@ class Speaker:
         if key == self.opts.node and self.bgp is not None:
             self.bgp.node_changed()
 
-    def _own_node(self) -> tuple[tuple[str, ...], dict[str, str]] | None:
+    def _own_node(self) -> desired.NodeInfo | None:
         node = self.nodes.store.get(self.opts.node)
-        if node is None or node.status is None:
-            return None
-        addrs = tuple(a.address for a in node.status.addresses or [] if a.type == "InternalIP")
-        return addrs, dict((node.metadata.labels if node.metadata else None) or {})
+        return inputs.node_infos([node])[0] if node is not None and node.status is not None else None
 
     def recompute_soon(self) -> None:
         if not self._scheduled:

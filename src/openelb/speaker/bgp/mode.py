@@ -9,7 +9,6 @@ the status of sessions is written to `BgpConf.status.nodesConfStatus` and
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -26,6 +25,7 @@ from openelb.protocols.bgp.session import parse_prefix
 from openelb.speaker.bgp import config as cfgmod
 from openelb.speaker.bgp.backend import BgpBackend, InProcessBackend, PeerStatus
 from openelb.speaker.bgp.bfd import BfdManager
+from openelb.speaker.desired import NodeInfo
 
 log = logging.getLogger("openelb.bgp")
 CONF_NAME = "default"
@@ -44,7 +44,7 @@ class BgpMode:
         client: AsyncClient,
         node: str,
         recorder: EventRecorder,
-        node_info: Callable[[], tuple[tuple[str, ...], Mapping[str, str]] | None],
+        node_info: Callable[[], NodeInfo | None],
         status_interval: float = 30.0,
     ) -> None:
         self.client = client
@@ -116,21 +116,20 @@ class BgpMode:
         await self.recorder.emit(target, "Warning", reason, f"{self.node}: {message}")
 
     async def _reconfigure(self) -> None:
-        info = self._node_info()
-        if info is None or self._closed:
+        me = self._node_info()
+        if me is None or self._closed:
             return
-        addresses, labels = info
+        labels = me.labels
         if self.backend is None:
-            hops: dict[int, str] = {v: a for a in reversed(addresses) if (v := ipaddress.ip_address(a).version)}
+            hops = {v: a for v in (4, 6) if (a := me.address(v))}
             self.backend = InProcessBackend(hops)
             self.backend.set_routes(self._routes)
             self.bfd = BfdManager(self.backend.set_bfd_state)
         conf = self.confs.store.get(CONF_NAME)
         g: cfgmod.GlobalConfig | None = None
         if conf is not None and not _skip(conf):
-            v4 = next((a for a in addresses if ipaddress.ip_address(a).version == 4), None)
             try:
-                g = cfgmod.global_config(conf.get("spec") or {}, v4, labels)
+                g = cfgmod.global_config(conf.get("spec") or {}, me.address(4), labels)
                 if g.ignored:
                     fields = ", ".join(g.ignored)
                     await self._warn("BgpConf", conf, "UnsupportedFields", f"accepted but not acted upon: {fields}")
