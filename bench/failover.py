@@ -89,7 +89,7 @@ def main() -> None:
     plan = lab.load_plan(paths) if lab.is_healthy(paths) else lab.up(3)
     assert plan is not None
     client = sync_client(paths.kubeconfig("admin"), field_manager="openelb-bench")
-    install.install(client, plan, paths)
+    install.install(client)
     seed = Path(__file__).resolve().parents[1] / "examples" / "seed"
     for name in ("layer2-eip.yaml", "layer2-deployment.yaml", "layer2-svc.yaml"):
         for doc in yaml.safe_load_all((seed / name).read_text()):

@@ -189,14 +189,18 @@ def test_install_pods_run_under_their_own_accounts(kube: Client, lab_plan: LabPl
     assert {p.spec.serviceAccountName for p in by_component["speaker"]} == {"openelb-speaker"}
     # the processes: the controller as non-root without capabilities, the speaker with exactly three
     procs = subprocess.run(["ps", "-eo", "pid=,uid=,args="], capture_output=True, text=True, check=True).stdout
+    seen = {"controller": 0, "speaker": 0}
     for line in procs.splitlines():
         pid, uid, args = line.split(None, 2)
         if "-m openelb controller" in args and "--webhook-service=" in args:
             assert uid == "65532"
             assert _caps(pid, "CapEff") == 0
+            seen["controller"] += 1
         elif "-m openelb speaker" in args and "--bind-port=7946" in args and "--kubeconfig" not in args:
             assert uid == "0"
             assert _caps(pid, "CapBnd") == (1 << 10) | (1 << 12) | (1 << 13)  # NET_BIND_SERVICE, NET_ADMIN, NET_RAW
+            seen["speaker"] += 1
+    assert seen == {"controller": 2, "speaker": len(lab_plan.nodes)}, seen
 
 
 def _caps(pid: str, field: str) -> int:

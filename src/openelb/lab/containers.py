@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from lightkube.models.core_v1 import Container
 from lightkube.resources.core_v1 import Pod
@@ -55,8 +55,6 @@ class ContainerRun:
     caps: tuple[str, ...] | None = None
     """None: a root container's default set; else exactly these (lower case, no CAP_ prefix)."""
     readiness: Probe | None = None
-    liveness: Probe | None = None
-    ports: dict[str, int] = field(default_factory=dict)
 
 
 def _field(pod: Pod, path: str, pod_ip: str, host_ip: str) -> str:
@@ -133,6 +131,7 @@ def plan(pod: Pod, c: Container, lookup: Lookup, api: tuple[str, int], *, pod_ip
         add = tuple(sorted(x.lower().removeprefix("cap_") for x in sc.capabilities.add or []))
         if "ALL" in drop or add:
             caps = add
+    _probe(c, "livenessProbe", ports)  # not run by the lab, but a wrong port name fails here too
     return ContainerRun(
         name=c.name,
         argv=argv,
@@ -141,8 +140,6 @@ def plan(pod: Pod, c: Container, lookup: Lookup, api: tuple[str, int], *, pod_ip
         group=group,
         caps=caps,
         readiness=_probe(c, "readinessProbe", ports),
-        liveness=_probe(c, "livenessProbe", ports),
-        ports=ports,
     )
 
 

@@ -70,7 +70,7 @@ def seed_walkthrough(client: Client, plan: LabPlan, paths: Paths, kubectl: str, 
     say = Progress()
     say("installing OpenELB from the install manifest; waiting for its Pods (controller x2, a speaker per node)")
     print("$ kubectl apply --server-side -f deploy/openelb.yaml", flush=True)
-    install.install(client, plan, paths)
+    install.install(client)
     print("$ kubectl -n openelb-system get pods -o wide", flush=True)
     subprocess.run([kubectl, kc, "-n", "openelb-system", "get", "pods", "-o", "wide"], check=False)
     seed = Path(__file__).resolve().parents[3] / "examples" / "seed"
@@ -124,8 +124,11 @@ def bgp_walkthrough(client: Client, plan: LabPlan, paths: Paths, kubectl: str, k
     say(f"waiting for the router to route {ip} over every node")
     workloads.poll(f"ECMP route for {ip}", lambda: router.kernel_next_hops(plan, ip) == hops, 60)
     sock = str(paths.state / "bird" / "bird.ctl")
-    for argv in (["birdc", "-s", sock, "show", "route", "for", ip], ["ip", "route", "show", ip]):
-        print(f"$ {' '.join(argv[:1] + argv[3:] if argv[0] == 'birdc' else argv)}   (on the router)", flush=True)
+    for shown, argv in (
+        (f"birdc show route for {ip}", ["birdc", "-s", sock, "show", "route", "for", ip]),
+        (f"ip route show {ip}", ["ip", "route", "show", ip]),
+    ):
+        print(f"$ {shown}   (on the router)", flush=True)
         subprocess.run(netns.exec_argv(plan.router.netns, argv), check=False)
     remote = plan.remote.netns
     ok = True

@@ -21,8 +21,6 @@ from lightkube.resources.coordination_v1 import Lease
 from openelb.api import names
 from openelb.kube.resources import Eip
 from openelb.lab import workloads
-from openelb.lab.components import Paths
-from openelb.lab.plan import LabPlan
 
 MANIFEST = Path(__file__).resolve().parents[3] / "deploy" / "openelb.yaml"
 
@@ -31,7 +29,7 @@ def manifest_docs(path: Path = MANIFEST) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d]
 
 
-def install(client: Client, plan: LabPlan, paths: Paths, manifest: Path = MANIFEST, timeout: float = 120) -> None:
+def install(client: Client, manifest: Path = MANIFEST, timeout: float = 120) -> None:
     docs = manifest_docs(manifest)
     crds = [d for d in docs if d["kind"] == "CustomResourceDefinition"]
     workloads.apply(client, *crds)

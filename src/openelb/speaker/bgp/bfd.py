@@ -50,9 +50,6 @@ class BfdManager:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._apply, dict(peers))
 
-    def states(self) -> dict[str, str]:
-        return {a: s.state.name.lower().replace("_", "-") for a, (s, _sock, _c) in list(self._sessions.items())}
-
     def close(self) -> None:
         self._closed = True
         if self._loop is not None and self._thread is not None:

@@ -18,7 +18,7 @@ from openelb.protocols.bgp import codec as c
 RACK_LABEL = "openelb.kubesphere.io/rack"
 DEFAULT_HOLD = 90
 DEFAULT_CONNECT_RETRY = 5.0
-"""Seconds before the first reconnect (GoBGP's default is 5 s too); doubles up to 60 s."""
+"""Seconds before the first reconnect (GoBGP's default is 5 s too); doubles up to 30 s."""
 FAMILIES = {("AFI_IP", "SAFI_UNICAST"): c.IPV4_UNICAST, ("AFI_IP6", "SAFI_UNICAST"): c.IPV6_UNICAST}
 
 
