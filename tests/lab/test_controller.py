@@ -3,7 +3,11 @@ dual-stack, release, loadBalancerClass, Eip status, webhook rejections, Eip dele
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -27,9 +31,11 @@ from lightkube.resources.admissionregistration_v1 import ValidatingWebhookConfig
 from lightkube.resources.core_v1 import Service
 from lightkube.types import PatchType
 
+from openelb.controller.ipam import EIP_STATUS_DELAY
 from openelb.controller.webhook import webhook_configuration
 from openelb.kube.resources import Eip
-from openelb.lab import workloads
+from openelb.lab import lab, workloads
+from openelb.lab.components import Paths
 from openelb.lab.plan import LabPlan
 
 pytestmark = [pytest.mark.root, pytest.mark.k8s_lab, pytest.mark.usefixtures("controller")]
@@ -263,3 +269,58 @@ def test_metrics_report_pools_allocations_and_latency(
     assert m[("openelb_allocations_total", ())] >= 2
     assert m[("openelb_controller_leader", ())] == 1
     assert m[("openelb_reconcile_duration_seconds_count", (("kind", "svc"),))] >= 2
+
+
+def _count_modified(resource: Any, namespace: str | None, seconds: float, out: dict[str, int]) -> None:
+    """Count MODIFIED events per object for `seconds` (run in a thread: its own loop and client)."""
+    from openelb.kube.client import async_client
+
+    async def count() -> None:
+        client = async_client(Paths(lab.state_dir()).kubeconfig("admin"))
+        kwargs = {"namespace": namespace} if namespace else {}
+        listing = client.list(resource, **kwargs)
+        async for _ in listing:
+            pass
+        try:
+            async for event, obj in client.watch(resource, resource_version=listing.resourceVersion, **kwargs):
+                if event == "MODIFIED":
+                    out[obj.metadata.name] = out.get(obj.metadata.name, 0) + 1
+        finally:
+            await client.close()
+
+    with contextlib.suppress(TimeoutError):
+        asyncio.run(asyncio.wait_for(count(), seconds))
+
+
+def test_one_write_per_assignment_and_coalesced_pool_status(kube: Client, ns: str, eips: Any) -> None:
+    """A burst of Services costs one write each (IP, finalizer and label together, never re-sent
+    from a stale cache), and the pool's status is rewritten about once a second, not once per echo
+    of its own previous write."""
+    pool = eips("burst-pool", "192.0.2.128/25", namespaces=[ns])  # API only: no traffic in this test
+    workloads.poll("pool ready", lambda: eip_status(kube, pool).get("ready"), 20)
+    svc_writes: dict[str, int] = {}
+    eip_writes: dict[str, int] = {}
+    watchers = [
+        threading.Thread(target=_count_modified, args=(Service, ns, 12, svc_writes)),
+        threading.Thread(target=_count_modified, args=(Eip, None, 12, eip_writes)),
+    ]
+    for w in watchers:
+        w.start()
+    time.sleep(1)  # both watches open before the burst
+    t0 = time.monotonic()
+    count = 100  # created back to back: the pool's usage keeps changing for a few seconds
+    for i in range(count):
+        workloads.apply(kube, lb_service(f"b{i:02d}", ns))
+    for i in range(count):
+        wait_ips(kube, ns, f"b{i:02d}")
+    burst = time.monotonic() - t0
+    for w in watchers:
+        w.join(30)
+    assert not any(w.is_alive() for w in watchers)
+    assert len(svc_writes) == count and set(svc_writes.values()) == {1}, svc_writes
+    svc = kube.get(Service, "b00", namespace=ns)
+    assert svc.metadata.labels["eip.openelb.kubesphere.io/v1alpha2"] == pool  # type: ignore[index,union-attr]
+    assert "finalizer.lb.kubesphere.io/v1alpha1" in svc.metadata.finalizers  # type: ignore[operator,union-attr]
+    assert eip_status(kube, pool)["usage"] == count
+    # at most one status write per second of the burst, plus the trailing one and some slack
+    assert 1 <= eip_writes.get(pool, 0) <= burst / EIP_STATUS_DELAY + 2, (eip_writes, burst)

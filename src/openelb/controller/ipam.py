@@ -37,6 +37,7 @@ log = logging.getLogger("openelb.controller")
 
 MAX_INT64 = 2**63 - 1
 EIP_STATUS_DELAY = 1.0
+EIP_STATUS_MAX_DELAY = 30.0
 SVC, EIP, POOLS = "svc/", "eip/", "pools"
 
 
@@ -66,12 +67,26 @@ class IpamController:
         self.problems: dict[str, list[str]] = {}
         self.pending: set[str] = set()
         self._status_due: set[str] = set()
+        self._status_delay: dict[str, float] = {}
+        self._eip_marks: dict[str, tuple[Any, ...]] = {}  # what besides status a change can touch
         self._last_views: list[EipView] | None = None
         self.ready = asyncio.Event()
 
     # ---- triggers ----------------------------------------------------------------------------
 
     def _on_eip(self, name: str) -> None:
+        """Spec and lifecycle changes reconcile now; status-only changes (mostly the echo of our own
+        status writes) go through the same delay as `_touch`, or each write would trigger the next."""
+        obj = self.eips.store.get(name)
+        md = obj.metadata if obj is not None else None
+        mark = (md.generation, md.deletionTimestamp, md.finalizers, md.annotations) if md else None
+        if mark is not None and self._eip_marks.get(name) == mark:
+            self._schedule_status(name)
+            return
+        if mark is None:
+            self._eip_marks.pop(name, None)
+        else:
+            self._eip_marks[name] = mark
         self.queue.add(POOLS)
         self.queue.add(EIP + name)
 
@@ -176,6 +191,10 @@ class IpamController:
                 req = Request(key=key)
             self.alloc.restore(req, ips)
 
+    def _namespace_terminating(self, svc: Service) -> bool:
+        ns = self.namespaces.store.get((svc.metadata.namespace if svc.metadata else None) or "default")
+        return bool(ns and ns.status and ns.status.phase == "Terminating")
+
     def _ns_labels(self, svc: Service) -> Mapping[str, str]:
         ns = self.namespaces.store.get((svc.metadata.namespace if svc.metadata else None) or "default")
         return (ns.metadata.labels if ns and ns.metadata else None) or {}
@@ -218,68 +237,71 @@ class IpamController:
 
     def _touch(self, alloc: Allocation) -> None:
         """Schedule a status write for the pools of `alloc`, coalescing bursts: each write carries
-        the whole `used` map, so one write per pool per EIP_STATUS_DELAY instead of one per Service."""
+        the whole `used` map, so one write per pool per `_status_delay` instead of one per Service."""
         for pool in set(alloc.pools):
-            if pool not in self._status_due:
-                self._status_due.add(pool)
-                self.queue.add_after(EIP + pool, EIP_STATUS_DELAY)
+            self._schedule_status(pool)
+
+    def _schedule_status(self, pool: str) -> None:
+        if pool not in self._status_due:
+            self._status_due.add(pool)
+            self.queue.add_after(EIP + pool, self._status_delay.get(pool, EIP_STATUS_DELAY))
 
     async def _write_assigned(self, svc: Service, got: Allocation) -> None:
         assert svc.metadata is not None
         md = svc.metadata
-        ns, name = md.namespace or "default", md.name or ""
         pool_label = got.pools[0] if len(got.pools[0]) <= 63 else None
-        if names.FINALIZER_SERVICE not in (md.finalizers or []) or (
-            pool_label and (md.labels or {}).get(names.LABEL_POOL) != pool_label
-        ):
-            patch: dict[str, Any] = {"metadata": {"finalizers": [names.FINALIZER_SERVICE]}}
-            if pool_label:
-                patch["metadata"]["labels"] = {names.LABEL_POOL: pool_label}
-            await self.client.patch(Service, name, patch, namespace=ns, patch_type=PatchType.STRATEGIC)
+        marks: dict[str, Any] = {}
+        if names.FINALIZER_SERVICE not in (md.finalizers or []):
+            marks["finalizers"] = [names.FINALIZER_SERVICE]  # strategic merge: added to the others
+        if pool_label and (md.labels or {}).get(names.LABEL_POOL) != pool_label:
+            marks["labels"] = {names.LABEL_POOL: pool_label}
         ingress = [{"ip": str(ip), "ipMode": "VIP"} for ip in got.ips]
-        if _ingress(svc) != ingress:
-            await self.client.patch(
-                Service.Status,
-                name,
-                {"status": {"loadBalancer": {"ingress": ingress}}},
-                namespace=ns,
-                patch_type=PatchType.MERGE,
-            )
+        if marks or _ingress(svc) != ingress:
+            await self._write_service(svc, marks, {"loadBalancer": {"ingress": ingress}})
+
+    async def _write_service(self, svc: Service, marks: dict[str, Any], status: dict[str, Any]) -> None:
+        """One strategic merge patch to `services/status` carrying the finalizer and label changes
+        too: the Service status strategy keeps metadata edits (it resets only spec), so the IP, its
+        finalizer and its pool label land atomically in one write instead of two. Should an
+        apiserver drop them, the metadata goes in a second patch to the Service itself."""
+        assert svc.metadata is not None
+        ns, name = svc.metadata.namespace or "default", svc.metadata.name or ""
+        patch: dict[str, Any] = {"status": status}
+        if marks:
+            patch["metadata"] = marks
+        try:
+            out: Any = await self.client.patch(
+                Service.Status, name, patch, namespace=ns, patch_type=PatchType.STRATEGIC
+            )  # a Service, typed by lightkube as its status subresource
+            self.services.remember(out)
+            if marks and not _marks_applied(out, marks):
+                out = await self.client.patch(
+                    Service, name, {"metadata": marks}, namespace=ns, patch_type=PatchType.STRATEGIC
+                )
+                self.services.remember(out)
+        except ApiError as exc:
+            if exc.status.code != 404:
+                raise  # 404: the Service is gone; its DELETED event releases whatever it held
 
     async def _release(self, key: str, svc: Service) -> None:
         gone = self.alloc.release(key)
         self.pending.discard(key)
         if gone is None and not sp.has_our_marks(svc):
             return  # not ours and never was: not even its status is ours to touch
-        assert svc.metadata is not None
-        md = svc.metadata
-        ns, name = md.namespace or "default", md.name or ""
         released = gone.ips if gone else tuple(sp.status_ips(svc))
-        if _ingress(svc):
-            await self.client.patch(
-                Service.Status,
-                name,
-                {"status": {"loadBalancer": {"ingress": None}}},
-                namespace=ns,
-                patch_type=PatchType.MERGE,
-            )
+        marks: dict[str, Any] = {}
         if sp.has_our_marks(svc):
-            patch = {
-                "metadata": {
-                    "labels": {names.LABEL_POOL: None},
-                    "$deleteFromPrimitiveList/finalizers": [names.FINALIZER_SERVICE],
-                }
+            marks = {
+                "labels": {names.LABEL_POOL: None},
+                "$deleteFromPrimitiveList/finalizers": [names.FINALIZER_SERVICE],
             }
-            try:
-                await self.client.patch(Service, name, patch, namespace=ns, patch_type=PatchType.STRATEGIC)
-            except ApiError as exc:
-                if exc.status.code != 404:
-                    raise
+        if marks or _ingress(svc):
+            await self._write_service(svc, marks, {"loadBalancer": {"ingress": None}})
         if gone:
             log.info("released %s from %s", _fmt(gone.ips), key)
             self._touch(gone)
             self.metrics.releases.inc()
-        if released:
+        if released and not self._namespace_terminating(svc):  # its Events could not be created anyway
             await self.recorder.emit(_target(svc), "Normal", "ReleaseIP", f"success to release ip: {_fmt(released)}")
 
     # ---- eips --------------------------------------------------------------------------------
@@ -289,6 +311,7 @@ class IpamController:
         obj = self.eips.store.get(name)
         if obj is None:
             self.metrics.forget_pool(name)
+            self._status_delay.pop(name, None)
             return
         view = EipView.from_object(obj)
         md = obj.metadata
@@ -322,7 +345,9 @@ class IpamController:
                     for ip in old_used.keys() | new_used.keys()
                     if old_used.get(ip) != new_used.get(ip)
                 }
+            started = time.perf_counter()
             await self.client.patch(Eip.Status, name, {"status": changed}, patch_type=PatchType.MERGE)
+            self._status_delay[name] = status_delay(time.perf_counter() - started, len(status.get("used") or ()))
         problems = self.problems.get(name)
         if problems and not view.deleting:
             await self.recorder.emit(_eip_target(obj), "Warning", "InvalidEip", "; ".join(problems))
@@ -358,6 +383,14 @@ class IpamController:
                 raise
 
 
+def status_delay(write_seconds: float, used: int) -> float:
+    """Seconds between two status writes of one Eip. A big `used` map makes every write expensive
+    for the apiserver (a 10,000-entry Eip is ~0.5 MB, ~1 MB with managedFields) and for every
+    speaker watching Eips, so the interval grows with the size and with how long the last write
+    took: at most ~10% of the apiserver's time goes to one Eip's status, whatever the burst."""
+    return min(EIP_STATUS_MAX_DELAY, max(EIP_STATUS_DELAY, 10 * write_seconds, used / 2000))
+
+
 def _ingress(svc: Service) -> list[dict[str, str]]:
     lb = svc.status.loadBalancer if svc.status else None
     out = []
@@ -367,6 +400,16 @@ def _ingress(svc: Service) -> list[dict[str, str]]:
             entry["ipMode"] = ing.ipMode
         out.append(entry)
     return out
+
+
+def _marks_applied(svc: Service, marks: dict[str, Any]) -> bool:
+    md = svc.metadata
+    labels, finalizers = (md.labels if md else None) or {}, (md.finalizers if md else None) or []
+    if any(labels.get(k) != v for k, v in (marks.get("labels") or {}).items()):
+        return False
+    if any(f not in finalizers for f in marks.get("finalizers") or ()):
+        return False
+    return not any(f in finalizers for f in marks.get("$deleteFromPrimitiveList/finalizers") or ())
 
 
 def _target(svc: Service) -> Target:

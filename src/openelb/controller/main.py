@@ -54,8 +54,10 @@ async def run(opts: ControllerOptions) -> None:
     runners: list[web.AppRunner] = []
 
     def not_ready() -> str | None:
-        # A standby replica is ready (it serves the webhook); the leader once its caches synced.
-        return "syncing caches" if elector and elector.leading and not ctrl.ready.is_set() else None
+        # A standby replica is ready (it serves the webhook); the leader (or the only replica,
+        # without leader election) once its caches synced.
+        active = elector is None or elector.leading
+        return "syncing caches" if active and not ctrl.ready.is_set() else None
 
     runners.append(await serve_metrics(metrics.registry, opts.metrics_addr, not_ready))
 

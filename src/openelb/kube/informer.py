@@ -119,6 +119,8 @@ class Informer(Generic[T]):
                         key = object_key(obj)
                         if event == "DELETED":
                             self.store.pop(key, None)
+                        elif (held := self.store.get(key)) is not None and not _newer(obj, held):
+                            continue  # the echo of our own write, already stored by `remember`
                         else:
                             self.store[key] = obj
                         self.on_change(key)
@@ -137,6 +139,15 @@ class Informer(Generic[T]):
             if resync:
                 resync.cancel()
 
+    def remember(self, obj: T) -> None:
+        """Store what one of our own writes returned (client-go's MutationCache): the reconciles
+        that follow see it at once instead of re-sending a write whose watch event is still on
+        its way, and that event is then not reported again."""
+        key = object_key(obj)
+        held = self.store.get(key)
+        if held is not None and _newer(obj, held):
+            self.store[key] = obj
+
     async def _resync_loop(self) -> None:
         assert self.resync_period
         while True:
@@ -147,3 +158,12 @@ class Informer(Generic[T]):
 
 def _rv(obj: Any) -> str | None:
     return obj.metadata.resourceVersion  # type: ignore[no-any-return]
+
+
+def _newer(obj: Any, than: Any) -> bool:
+    """Whether `obj` is a later version than `than`. resourceVersions are opaque, but every
+    apiserver backed by etcd issues integers; anything else counts as newer, as before."""
+    a, b = _rv(obj), _rv(than)
+    if a is not None and b is not None and a.isdigit() and b.isdigit():
+        return int(a) > int(b)
+    return True

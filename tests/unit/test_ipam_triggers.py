@@ -1,0 +1,120 @@
+"""What makes the controller write: the triggers of its work queue and its informer's write-through
+cache, without an apiserver (the lab tests count the real writes)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from openelb.controller import ipam
+from openelb.controller.ipam import IpamController
+from openelb.controller.servicepolicy import Policy
+from openelb.kube.informer import Informer
+from openelb.kube.resources import Eip
+
+
+def _eip(rv: int, *, generation: int = 1, status: dict[str, Any] | None = None, **meta: Any) -> Any:
+    md = {"name": "pool", "resourceVersion": str(rv), "generation": generation, **meta}
+    return Eip.from_dict({"metadata": md, "spec": {"address": "192.0.2.0/24"}, "status": status or {}})
+
+
+def _drain(q: Any) -> list[str]:
+    keys = []
+    while len(q):
+        key = q._queue.get_nowait()
+        q._queued.discard(key)
+        keys.append(key)
+    return keys
+
+
+def test_status_echoes_of_an_eip_are_coalesced_and_spec_changes_are_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ipam, "EIP_STATUS_DELAY", 0.05)
+
+    async def scenario() -> None:
+        ctrl = IpamController(client=None, policy=Policy(), recorder=None)  # type: ignore[arg-type]
+        ctrl.eips.store["pool"] = _eip(1)
+        ctrl._on_eip("pool")
+        assert _drain(ctrl.queue) == [ipam.POOLS, "eip/pool"]  # first sight: now
+
+        for rv in (2, 3, 4):  # our own status writes coming back: one delayed reconcile for all
+            ctrl.eips.store["pool"] = _eip(rv, status={"usage": rv})
+            ctrl._on_eip("pool")
+        assert _drain(ctrl.queue) == []
+        await asyncio.sleep(0.2)
+        assert _drain(ctrl.queue) == ["eip/pool"]
+
+        ctrl._status_due.clear()  # as reconcile_eip does
+        ctrl.eips.store["pool"] = _eip(5, generation=2)  # spec edit
+        ctrl._on_eip("pool")
+        assert _drain(ctrl.queue) == [ipam.POOLS, "eip/pool"]
+        default = {"eip.openelb.kubesphere.io/is-default-eip": "true"}
+        ctrl.eips.store["pool"] = _eip(6, generation=2, annotations=default)
+        ctrl._on_eip("pool")
+        assert _drain(ctrl.queue) == [ipam.POOLS, "eip/pool"]  # annotations do not bump generation
+        ctrl.eips.store["pool"] = _eip(7, generation=2, deletionTimestamp="2026-11-26T00:00:00Z")
+        ctrl._on_eip("pool")
+        assert _drain(ctrl.queue) == [ipam.POOLS, "eip/pool"]
+        del ctrl.eips.store["pool"]
+        ctrl._on_eip("pool")
+        assert _drain(ctrl.queue) == [ipam.POOLS, "eip/pool"]
+
+    asyncio.run(scenario())
+
+
+def test_big_or_slow_eip_status_is_written_less_often() -> None:
+    assert ipam.status_delay(0.02, 10) == ipam.EIP_STATUS_DELAY  # the common case: once a second
+    assert ipam.status_delay(0.05, 10_000) == 5.0  # 10,000 IPs in use: the map alone slows it
+    assert ipam.status_delay(0.72, 10_000) == pytest.approx(7.2)  # a slow write: ~10% duty at most
+    assert ipam.status_delay(60.0, 10) == ipam.EIP_STATUS_MAX_DELAY
+
+
+class _Listing:
+    def __init__(self, objs: list[Any], rv: str) -> None:
+        self.objs, self.resourceVersion = objs, rv
+
+    async def __aiter__(self) -> Any:
+        for o in self.objs:
+            yield o
+
+
+class _FakeClient:
+    """Lists one Eip, then serves queued watch events (and nothing more) on every watch."""
+
+    def __init__(self, listed: Any, events: asyncio.Queue[tuple[str, Any]]) -> None:
+        self.listed, self.events = listed, events
+
+    def list(self, *_: Any, **__: Any) -> _Listing:
+        return _Listing([self.listed], self.listed.metadata.resourceVersion)
+
+    def watch(self, *_: Any, **__: Any) -> Any:
+        async def stream() -> Any:
+            while True:
+                yield await self.events.get()
+
+        return stream()
+
+
+def test_remembered_writes_are_not_reported_again_and_never_go_back_in_time() -> None:
+    async def scenario() -> list[str]:
+        changes: list[str] = []
+        events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        inf: Informer[Any] = Informer(_FakeClient(_eip(10), events), Eip, changes.append)  # type: ignore[arg-type]
+        task = asyncio.create_task(inf.run())
+        await asyncio.wait_for(inf.synced.wait(), 1)
+        assert changes == ["pool"]
+
+        inf.remember(_eip(11, status={"usage": 1}))  # our write's response, before its watch event
+        inf.remember(_eip(9))  # something older never replaces what we hold
+        assert inf.store["pool"].metadata.resourceVersion == "11"
+        await events.put(("MODIFIED", _eip(11, status={"usage": 1})))  # the echo: stored already, not reported
+        await events.put(("MODIFIED", _eip(12, status={"usage": 2})))  # someone else's change: reported
+        for _ in range(100):
+            if inf.store["pool"].metadata.resourceVersion == "12":
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        return changes
+
+    assert asyncio.run(scenario()) == ["pool", "pool"]
