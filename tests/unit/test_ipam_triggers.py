@@ -65,9 +65,9 @@ def test_status_echoes_of_an_eip_are_coalesced_and_spec_changes_are_not(monkeypa
 
 def test_big_or_slow_eip_status_is_written_less_often() -> None:
     assert ipam.status_delay(0.02, 10) == ipam.EIP_STATUS_DELAY  # the common case: once a second
-    assert ipam.status_delay(0.05, 10_000) == 5.0  # 10,000 IPs in use: the map alone slows it
-    assert ipam.status_delay(0.72, 10_000) == pytest.approx(7.2)  # a slow write: ~10% duty at most
-    assert ipam.status_delay(60.0, 10) == ipam.EIP_STATUS_MAX_DELAY
+    assert ipam.status_delay(0.05, 2_000) == 4.0  # 2,000 IPs in use: the map alone slows it
+    assert ipam.status_delay(0.6, 2_000) == pytest.approx(12.0)  # a slow write: ~5% duty at most
+    assert ipam.status_delay(0.6, 100_000) == ipam.EIP_STATUS_MAX_DELAY
 
 
 class _Listing:
