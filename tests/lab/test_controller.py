@@ -271,8 +271,11 @@ def test_metrics_report_pools_allocations_and_latency(
     assert m[("openelb_reconcile_duration_seconds_count", (("kind", "svc"),))] >= 2
 
 
-def _count_modified(resource: Any, namespace: str | None, seconds: float, out: dict[str, int]) -> None:
-    """Count MODIFIED events per object for `seconds` (run in a thread: its own loop and client)."""
+def _count_modified(
+    resource: Any, namespace: str | None, seconds: float, out: dict[str, int], listed: threading.Event
+) -> None:
+    """Count MODIFIED events per object for `seconds` (run in a thread: its own loop and client).
+    `listed` is set once the starting resourceVersion is known: every later change is counted."""
     from openelb.kube.client import async_client
 
     async def count() -> None:
@@ -281,6 +284,7 @@ def _count_modified(resource: Any, namespace: str | None, seconds: float, out: d
         listing = client.list(resource, **kwargs)
         async for _ in listing:
             pass
+        listed.set()
         try:
             async for event, obj in client.watch(resource, resource_version=listing.resourceVersion, **kwargs):
                 if event == "MODIFIED":
@@ -300,13 +304,14 @@ def test_one_write_per_assignment_and_coalesced_pool_status(kube: Client, ns: st
     workloads.poll("pool ready", lambda: eip_status(kube, pool).get("ready"), 20)
     svc_writes: dict[str, int] = {}
     eip_writes: dict[str, int] = {}
+    listed = (threading.Event(), threading.Event())
     watchers = [
-        threading.Thread(target=_count_modified, args=(Service, ns, 12, svc_writes)),
-        threading.Thread(target=_count_modified, args=(Eip, None, 12, eip_writes)),
+        threading.Thread(target=_count_modified, args=(Service, ns, 12, svc_writes, listed[0])),
+        threading.Thread(target=_count_modified, args=(Eip, None, 12, eip_writes, listed[1])),
     ]
     for w in watchers:
         w.start()
-    time.sleep(1)  # both watches open before the burst
+    assert all(e.wait(10) for e in listed)  # both starting points known before the burst
     t0 = time.monotonic()
     count = 100  # created back to back: the pool's usage keeps changing for a few seconds
     for i in range(count):
