@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -98,6 +99,9 @@ async def run(opts: ControllerOptions) -> None:
             await elector.release()
         for r in runners:
             await r.cleanup()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2):
+                await recorder.flush()  # the last AssignIP/ReleaseIP Events, if the apiserver takes them
         await client.close()
 
 

@@ -1,11 +1,18 @@
 """Kubernetes Events (core/v1), aggregated like client-go's recorder: a repeat of the same
-(object, type, reason, message) bumps `count` instead of creating a new Event."""
+(object, type, reason, message) bumps `count` instead of creating a new Event.
+
+Asynchronous like client-go's recorder too: `emit` queues and returns, and one sender writes the
+queue in order. An Event then never holds up a reconcile, and in a burst it does not compete with
+the writes that matter (a Service's IP) for the apiserver: with one Event in flight at a time, the
+Events trail the burst and catch up after it."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import secrets
+from collections import deque
 from dataclasses import dataclass
 
 from lightkube import AsyncClient
@@ -16,6 +23,9 @@ from lightkube.resources.core_v1 import Event
 from lightkube.types import PatchType
 
 log = logging.getLogger(__name__)
+
+MAX_PENDING = 10_000
+"""Events waiting to be written; beyond this the oldest are dropped (client-go drops new ones)."""
 
 
 @dataclass(frozen=True)
@@ -34,10 +44,32 @@ class EventRecorder:
         self.events_namespace = events_namespace
         """Where Events of cluster-scoped objects (Eips) go, as kubectl describe expects: `default`."""
         self._seen: dict[tuple[str, str, str, str], tuple[str, str, int]] = {}
+        self._pending: deque[tuple[Target, str, str, str, dt.datetime]] = deque()
+        self._sender: asyncio.Task[None] | None = None
+        self.dropped = 0
 
     async def emit(self, target: Target, type_: str, reason: str, message: str) -> None:
-        """Never raises: an Event that cannot be written must not fail a reconcile."""
-        now = dt.datetime.now(dt.UTC)
+        """Queue an Event (stamped now) and return at once; never raises."""
+        if len(self._pending) >= MAX_PENDING:
+            self._pending.popleft()
+            self.dropped += 1
+            if self.dropped % 1000 == 1:
+                log.warning("event queue full: %d events dropped so far", self.dropped)
+        self._pending.append((target, type_, reason, message, dt.datetime.now(dt.UTC)))
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.get_running_loop().create_task(self._send_pending())
+
+    async def flush(self) -> None:
+        """Wait until every queued Event was sent (a graceful stop bounds this with a timeout)."""
+        if self._sender is not None and not self._sender.done():
+            await self._sender
+
+    async def _send_pending(self) -> None:
+        while self._pending:
+            await self._send(*self._pending.popleft())
+
+    async def _send(self, target: Target, type_: str, reason: str, message: str, now: dt.datetime) -> None:
+        """Never raises: an Event that cannot be written is logged and skipped."""
         ns = target.namespace or self.events_namespace
         key = (target.uid or f"{target.kind}/{target.namespace}/{target.name}", type_, reason, message)
         try:

@@ -442,6 +442,9 @@ class Speaker:
             self.transport.close()
             if runner:
                 await runner.cleanup()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1):
+                    await self.recorder.flush()
             await self.client.close()
 
 
