@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from lightkube.resources.core_v1 import Service
 
 from openelb.controller import ipam
 from openelb.controller.ipam import IpamController
@@ -110,11 +111,57 @@ def test_remembered_writes_are_not_reported_again_and_never_go_back_in_time() ->
         assert inf.store["pool"].metadata.resourceVersion == "11"
         await events.put(("MODIFIED", _eip(11, status={"usage": 1})))  # the echo: stored already, not reported
         await events.put(("MODIFIED", _eip(12, status={"usage": 2})))  # someone else's change: reported
-        for _ in range(100):
-            if inf.store["pool"].metadata.resourceVersion == "12":
-                break
-            await asyncio.sleep(0.01)
+        await _until(lambda: inf.store["pool"].metadata.resourceVersion == "12")
+        assert changes == ["pool", "pool"]
+
+        # Someone else's change (13) lands just before our write (14) and arrives after its response:
+        # the store keeps 14, but 13 is reported, since the write may have been decided without it.
+        inf.remember(_eip(14, status={"usage": 3}))
+        await events.put(("MODIFIED", _eip(13, status={"usage": 3})))
+        await _until(lambda: len(changes) == 3)
+        assert inf.store["pool"].metadata.resourceVersion == "14"
+        await events.put(("MODIFIED", _eip(14, status={"usage": 3})))  # the echo of 14
+        await events.put(("MODIFIED", _eip(15, status={"usage": 4})))
+        await _until(lambda: inf.store["pool"].metadata.resourceVersion == "15")
         task.cancel()
         return changes
 
-    assert asyncio.run(scenario()) == ["pool", "pool"]
+    assert asyncio.run(scenario()) == ["pool"] * 4  # list, 12, 13, 15: never the echoes 11 and 14
+
+
+async def _until(cond: Any) -> None:
+    for _ in range(100):
+        if cond():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not met in 1 s")
+
+
+class _StatusDropsMetadata:
+    """An apiserver whose status writes keep only the status (as CRDs do): the marks need a second patch."""
+
+    def __init__(self, keeps_metadata: bool) -> None:
+        self.keeps_metadata = keeps_metadata
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    async def patch(self, res: Any, name: str, body: dict[str, Any], **_: Any) -> Any:
+        self.calls.append((res.__name__, body))
+        md: dict[str, Any] = {"name": name, "namespace": "ns", "resourceVersion": str(len(self.calls))}
+        if "metadata" in body and (res is Service or self.keeps_metadata):
+            md.update(body["metadata"])
+        return Service.from_dict({"metadata": md, "status": body.get("status") or {}})
+
+
+@pytest.mark.parametrize("keeps_metadata", [True, False])
+def test_ip_finalizer_and_label_go_in_one_status_write_where_the_apiserver_allows(keeps_metadata: bool) -> None:
+    api = _StatusDropsMetadata(keeps_metadata)
+    ctrl = IpamController(client=api, policy=Policy(), recorder=None)  # type: ignore[arg-type]
+    svc = Service.from_dict({"metadata": {"name": "a", "namespace": "ns", "resourceVersion": "1"}})
+    marks = {
+        "finalizers": ["finalizer.lb.kubesphere.io/v1alpha1"],
+        "labels": {"eip.openelb.kubesphere.io/v1alpha2": "p"},
+    }
+    status = {"loadBalancer": {"ingress": [{"ip": "192.0.2.1", "ipMode": "VIP"}]}}
+    asyncio.run(ctrl._write_service(svc, marks, status))
+    assert api.calls[0] == ("ServiceStatus", {"status": status, "metadata": marks})
+    assert api.calls[1:] == ([] if keeps_metadata else [("Service", {"metadata": marks})])

@@ -191,12 +191,15 @@ class IpamController:
                 req = Request(key=key)
             self.alloc.restore(req, ips)
 
+    def _namespace(self, svc: Service) -> Namespace | None:
+        return self.namespaces.store.get((svc.metadata.namespace if svc.metadata else None) or "default")
+
     def _namespace_terminating(self, svc: Service) -> bool:
-        ns = self.namespaces.store.get((svc.metadata.namespace if svc.metadata else None) or "default")
+        ns = self._namespace(svc)
         return bool(ns and ns.status and ns.status.phase == "Terminating")
 
     def _ns_labels(self, svc: Service) -> Mapping[str, str]:
-        ns = self.namespaces.store.get((svc.metadata.namespace if svc.metadata else None) or "default")
+        ns = self._namespace(svc)
         return (ns.metadata.labels if ns and ns.metadata else None) or {}
 
     # ---- services ----------------------------------------------------------------------------

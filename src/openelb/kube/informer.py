@@ -117,12 +117,16 @@ class Informer(Generic[T]):
                         if event == "BOOKMARK":
                             continue
                         key = object_key(obj)
+                        held = self.store.get(key)
                         if event == "DELETED":
                             self.store.pop(key, None)
-                        elif (held := self.store.get(key)) is not None and not _newer(obj, held):
+                        elif held is not None and _rv(held) == _rv(obj):
                             continue  # the echo of our own write, already stored by `remember`
-                        else:
+                        elif held is None or _newer(obj, held):
                             self.store[key] = obj
+                        # else: an older version than the one our write returned. The store keeps
+                        # the newer one (it includes this change), but the change is still reported:
+                        # the write that returned it may have been decided without seeing it.
                         self.on_change(key)
                 except asyncio.CancelledError:
                     raise
