@@ -4,6 +4,7 @@ the plain-HTTP endpoints for Prometheus and probes."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
 import threading
@@ -29,6 +30,19 @@ def stop_on_signals(grace_seconds: float) -> asyncio.Event:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, request_stop)
     return stop
+
+
+class CannotListen(RuntimeError):
+    """A port this daemon must own cannot be bound: say which, and what to do, instead of a traceback."""
+
+    def __init__(self, what: str, where: str, exc: OSError) -> None:
+        hint = (
+            "Another process holds it, most likely a second copy of this daemon on the same node or "
+            "network namespace: stop that one, or move this one with its address/port option"
+            if exc.errno == errno.EADDRINUSE
+            else "Check the address/port option (the address must be one of this host's)"
+        )
+        super().__init__(f"cannot listen on {where} ({what}): {exc.strerror or exc}. {hint}")
 
 
 def split_addr(addr: str) -> tuple[str, int]:
@@ -59,5 +73,9 @@ async def serve_metrics(
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host, port = split_addr(addr)
-    await web.TCPSite(runner, host, port).start()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise CannotListen("metrics and probes", f"TCP {addr}", exc) from exc
     return runner

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,17 @@ class DaemonProcess:
     """A daemon a test starts and stops itself."""
 
     proc: subprocess.Popen[bytes]
+    log: Path
+
+    def report(self, lines: int = 15) -> str:
+        """Whether it runs, and the end of its log: what a failed wait needs to say why."""
+        code = self.proc.poll()
+        state = "running" if code is None else f"exited with status {code}"
+        try:
+            tail = self.log.read_text(errors="replace").splitlines()[-lines:]
+        except OSError as exc:
+            tail = [f"(log unreadable: {exc})"]
+        return f"{state}; last lines of {self.log}:\n" + "\n".join(f"    {line}" for line in tail)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc.poll() is None:
@@ -200,16 +212,57 @@ def settle(seconds: float = 1.0) -> None:
 class SpeakerProcess(DaemonProcess):
     """`openelb speaker` in a node's namespace, as the DaemonSet pod (hostNetwork) would run it."""
 
-    def __init__(self, node: str, netns: str, kubeconfig: Path, *extra: str) -> None:
+    def __init__(self, node: str, netns: str, kubeconfig: Path, *extra: str, tag: str = "") -> None:
         self.node = node
         self.netns = netns
-        self.log = Path(f"/tmp/openelb-test-speaker-{node}-{os.getpid()}.log")
+        self.log = Path(f"/tmp/openelb-test-speaker-{node}{tag}-{os.getpid()}.log")
         argv = ["ip", "netns", "exec", netns, sys.executable, "-m", "openelb", "speaker", f"--kubeconfig={kubeconfig}"]
         argv += extra
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "NODE_NAME": node}
             )
+
+
+def openelb_processes() -> list[tuple[str, str, str]]:
+    """(pid, command line, uid) of every OpenELB controller and speaker on the machine (/proc,
+    since `ps` truncates command lines)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            args = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            uid = str(proc.stat().st_uid)
+        except OSError:
+            continue
+        if "-m openelb controller" in args or "-m openelb speaker" in args:
+            found.append((proc.name, args, uid))
+    return found
+
+
+def wait_speakers(procs: dict[str, SpeakerProcess], what: str, ready: Callable[[], bool], timeout: float) -> None:
+    """Poll `ready` until true; fail at once when a speaker exits, and on failure show every
+    speaker's state and log (a speaker that could not start says why there, e.g. a port taken)."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline and all(p.alive() for p in procs.values()):
+        try:
+            if ready():
+                return
+        except Exception as exc:
+            last = exc
+        time.sleep(0.25)
+    reports = "\n".join(f"speaker {name}: {p.report()}" for name, p in procs.items())
+    raise AssertionError(f"{what}: not reached in {timeout:.0f}s (last error: {last})\n{reports}")
+
+
+def wait_live_peers(procs: dict[str, SpeakerProcess], addresses: list[str], timeout: float = 30) -> None:
+    """Every speaker serves its metrics and hears every other one as ALIVE."""
+
+    def ready() -> bool:
+        urls = [f"http://{a}:50053/metrics" for a in addresses]
+        return all(scrape(u).get(("openelb_speaker_live_peers", ())) == len(addresses) for u in urls)
+
+    wait_speakers(procs, "all speakers up and hearing each other", ready, timeout)
 
 
 def in_netns(netns: str, *argv: str, timeout: float = 10) -> subprocess.CompletedProcess[str]:

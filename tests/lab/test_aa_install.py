@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import apply_yaml, delete_eip, eip, in_netns, lb_service, wait_ips
+from helpers import apply_yaml, delete_eip, eip, in_netns, lb_service, openelb_processes, wait_ips
 from lightkube import Client
 from lightkube.core.exceptions import ApiError
 from lightkube.resources.apps_v1 import Deployment
@@ -126,6 +126,11 @@ def uninstall(kube: Client) -> None:
         lambda: not list(kube.list(Pod, namespace=NS, labels={"app": "openelb"})),
         60,
     )
+    # ... and their processes: a leftover speaker holds its node's ports and breaks later modules
+    try:
+        workloads.poll("the install's processes gone", lambda: not openelb_processes(), 20)
+    except TimeoutError:
+        raise AssertionError(f"processes left after uninstall: {openelb_processes()}") from None
     with contextlib.suppress(ApiError):
         kube.delete(Lease, names.LEADER_LEASE, namespace=NS)
 
@@ -189,13 +194,7 @@ def test_install_pods_run_under_their_own_accounts(kube: Client, lab_plan: LabPl
     assert {p.spec.serviceAccountName for p in by_component["speaker"]} == {"openelb-speaker"}
     # the processes: the controller as non-root without capabilities, the speaker with exactly three
     seen = {"controller": 0, "speaker": 0}
-    for proc in Path("/proc").iterdir():
-        try:
-            args = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            uid = str(proc.stat().st_uid)
-        except OSError:
-            continue
-        pid = proc.name
+    for pid, args, uid in openelb_processes():
         if "-m openelb controller" in args and "--webhook-service=" in args:
             assert uid == "65532"
             assert _caps(pid, "CapEff") == 0

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import SpeakerProcess, apply_yaml, delete_eip, in_netns, scrape, wait_event, wait_ips
+from helpers import SpeakerProcess, apply_yaml, delete_eip, in_netns, scrape, wait_event, wait_ips, wait_live_peers
 from lightkube import Client
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import Node, Pod, Service
@@ -55,6 +55,7 @@ def start_speaker(lab_plan: LabPlan, name: str) -> SpeakerProcess:
 def speakers(lab_plan: LabPlan, controller: dict[str, Any], bird: router.Bird) -> Iterator[dict[str, SpeakerProcess]]:
     procs = {n.name: start_speaker(lab_plan, n.name) for n in lab_plan.nodes}
     try:
+        wait_live_peers(procs, [str(n.lan_v4) for n in lab_plan.nodes])
         yield procs
     finally:
         for p in procs.values():

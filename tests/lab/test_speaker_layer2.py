@@ -24,6 +24,7 @@ from helpers import (
     scrape,
     wait_event,
     wait_ips,
+    wait_live_peers,
 )
 from lightkube import Client
 from lightkube.resources.apps_v1 import Deployment
@@ -43,7 +44,7 @@ def speakers(lab_plan: LabPlan, controller: dict[str, Any]) -> Iterator[dict[str
     kc = Paths(lab.state_dir()).kubeconfig("admin")
     procs = {n.name: SpeakerProcess(n.name, n.netns, kc) for n in lab_plan.nodes}
     try:
-        wait_all_announcing(lab_plan)
+        wait_live_peers(procs, [str(n.lan_v4) for n in lab_plan.nodes])
         yield procs
     finally:
         for p in procs.values():
@@ -65,17 +66,6 @@ def seed(kube: Client, speakers: dict[str, SpeakerProcess]) -> Iterator[str]:
     kube.delete(Service, "layer2-svc", namespace="default")
     kube.delete(Deployment, "layer2-openelb", namespace="default")
     delete_eip(kube, "eip-pool")
-
-
-def wait_all_announcing(lab_plan: LabPlan, timeout: float = 30) -> None:
-    """Every speaker is up and hears every other one as ALIVE (past its initial JOINING phase)."""
-    count = len(lab_plan.nodes)
-
-    def ready() -> bool:
-        urls = [f"http://{n.lan_v4}:50053/metrics" for n in lab_plan.nodes]
-        return all(scrape(u).get(("openelb_speaker_live_peers", ())) == count for u in urls)
-
-    workloads.poll("all speakers announcing", ready, timeout)
 
 
 def owner_of(lab_plan: LabPlan, mac: str) -> str:
@@ -123,6 +113,25 @@ def test_seed_walkthrough_ping_curl_and_one_mac(kube: Client, lab_plan: LabPlan,
         10,
     )
     assert svc
+
+
+def test_a_second_speaker_on_a_node_names_the_taken_port(
+    lab_plan: LabPlan, speakers: dict[str, SpeakerProcess]
+) -> None:
+    """Two speakers on one node (a leftover process, a second DaemonSet): the newcomer exits at
+    once saying which port and why, and the running one is untouched."""
+    node = lab_plan.nodes[0]
+    extra = SpeakerProcess(node.name, node.netns, Paths(lab.state_dir()).kubeconfig("admin"), tag="-extra")
+    try:
+        code = extra.proc.wait(30)
+    finally:
+        extra.stop()
+    log = extra.log.read_text()
+    assert code == 1, log
+    assert "cannot listen on UDP 0.0.0.0:7946 (speaker heartbeats, --bind-port)" in log, log
+    assert "Traceback" not in log, log
+    assert speakers[node.name].alive()
+    wait_live_peers(speakers, [str(n.lan_v4) for n in lab_plan.nodes], timeout=5)
 
 
 def test_ipv6_with_ndisc6_ping_and_curl(kube: Client, lab_plan: LabPlan, speakers: dict[str, SpeakerProcess]) -> None:

@@ -16,6 +16,7 @@ import datetime as dt
 import json
 import logging
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,10 @@ class NodeAgent:
         """Pods running OpenELB containers: what was started, to restart and probe."""
         self.ready: dict[str, dict[str, bool]] = {}
         self.restarts: dict[str, dict[str, int]] = {}
+        self._containers_lock = threading.Lock()
+        """Held (in worker threads) while containers are probed and restarted or stopped: a probe
+        running beside a removal would see the container just stopped as exited and start it again,
+        an orphan that nobody stops and that holds the node's ports."""
 
     def _free_slot(self) -> int:
         used = {b.slot for b in self.boxes.values()}
@@ -293,18 +298,20 @@ class NodeAgent:
         return f"pod-{uid}-{container}"
 
     def _start_containers(self, key: str, box: podnet.Sandbox, runs: list[containers.ContainerRun]) -> None:
-        running = {d.name for d in processes.recorded(self.state) if processes.is_running(d)}
-        for run in runs:
-            name = self._daemon(box.uid, run.name)
-            if name in running:
-                continue  # adopted after an agent restart
-            self._exec(box, run)
+        with self._containers_lock:
+            running = {d.name for d in processes.recorded(self.state) if processes.is_running(d)}
+            for run in runs:
+                name = self._daemon(box.uid, run.name)
+                if name in running:
+                    continue  # adopted after an agent restart, or started by a probe just now
+                self._exec(box, run)
 
     def _stop_containers(self, box: podnet.Sandbox) -> None:
         prefix = f"pod-{box.uid}-"
-        for d in processes.recorded(self.state):
-            if d.name.startswith(prefix):
-                processes.stop(self.state, d, timeout=10)
+        with self._containers_lock:
+            for d in processes.recorded(self.state):
+                if d.name.startswith(prefix):
+                    processes.stop(self.state, d, timeout=10)
 
     def _exec(self, box: podnet.Sandbox, run: containers.ContainerRun) -> None:
         sa = self.state / "pods" / box.uid / run.name / "serviceaccount"
@@ -331,6 +338,12 @@ class NodeAgent:
                     log.exception("probing %s failed", key)
 
     def _probe_pod(self, key: str, box: podnet.Sandbox, runs: list[containers.ContainerRun]) -> bool:
+        with self._containers_lock:
+            if self.runs.get(key) is not runs:
+                return False  # removed (or replaced) while this probe waited for the lock
+            return self._probe_pod_locked(key, box, runs)
+
+    def _probe_pod_locked(self, key: str, box: podnet.Sandbox, runs: list[containers.ContainerRun]) -> bool:
         recorded = {d.name: d for d in processes.recorded(self.state)}
         before = dict(self.ready.get(key, {}))
         now_ready = {}
@@ -364,11 +377,12 @@ class NodeAgent:
         return box
 
     async def _remove(self, key: str, box: podnet.Sandbox) -> None:
+        # Withdrawn from the probe loop first; `_stop_containers` then waits for a probe in progress.
+        for d in (self.runs, self.ready, self.restarts):
+            d.pop(key, None)
         await asyncio.to_thread(self._stop_containers, box)
         await asyncio.to_thread(podnet.remove, self.state, self.node, box)
         self.boxes.pop(key, None)
-        for d in (self.runs, self.ready, self.restarts):
-            d.pop(key, None)
         log.info("removed pod %s from %s", key, self.node.name)
 
     async def _heartbeat_loop(self) -> None:

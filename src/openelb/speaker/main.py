@@ -34,7 +34,7 @@ from openelb.kube.events import EventRecorder, Target
 from openelb.kube.informer import Informer
 from openelb.kube.resources import Eip
 from openelb.protocols import heartbeat as hbp
-from openelb.runtime import serve_metrics, stop_on_signals
+from openelb.runtime import CannotListen, serve_metrics, stop_on_signals
 from openelb.speaker import desired, inputs
 from openelb.speaker.bgp.mode import BgpMode
 from openelb.speaker.layer2 import Layer2Announcer, LocalAddresses, resolve_interface
@@ -401,10 +401,13 @@ class Speaker:
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        self.transport, _ = await loop.create_datagram_endpoint(
-            lambda: HeartbeatProtocol(self),
-            local_addr=("0.0.0.0", self.opts.port),  # noqa: S104 - node port
-        )
+        try:
+            self.transport, _ = await loop.create_datagram_endpoint(
+                lambda: HeartbeatProtocol(self),
+                local_addr=("0.0.0.0", self.opts.port),  # noqa: S104 - node port
+            )
+        except OSError as exc:
+            raise CannotListen("speaker heartbeats, --bind-port", f"UDP 0.0.0.0:{self.opts.port}", exc) from exc
         runner = await serve_metrics(self.registry, self.opts.metrics_addr) if self.opts.metrics_addr else None
         informers: list[Informer[Any]] = [self.services, self.slices, self.nodes, self.eips]
         if self.bgp is not None:
@@ -471,4 +474,8 @@ def main(opts: SpeakerOptions) -> None:
         stop = stop_on_signals(GRACE_SECONDS)
         await Speaker(opts).run(stop)
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except CannotListen as exc:
+        log.error("%s", exc)
+        raise SystemExit(1) from exc
