@@ -33,3 +33,15 @@ def test_stopping_a_dead_process_is_harmless(tmp_path: Path) -> None:
     while processes.is_running(d) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not processes.stop(tmp_path, d)
+
+
+def test_stopping_an_old_daemon_keeps_its_successors_record(tmp_path: Path) -> None:
+    old = processes.start(tmp_path, "speaker", [sys.executable, "-c", "import time; time.sleep(60)"])
+    new = processes.start(tmp_path, "speaker", [sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        processes.stop(tmp_path, old, timeout=5)
+        assert [d.pid for d in processes.recorded(tmp_path)] == [new.pid]
+        assert processes.is_running(new)
+    finally:
+        processes.stop(tmp_path, new, timeout=5)
+    assert processes.recorded(tmp_path) == []

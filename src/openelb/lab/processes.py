@@ -117,7 +117,10 @@ def stop(state: Path, d: Daemon, timeout: float = 10.0) -> bool:
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline and is_running(d):
                 time.sleep(0.05)
-    pidfile.unlink(missing_ok=True)
+    # Only our own record: the name may already belong to a successor (a restarted container).
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        if int(json.loads(pidfile.read_text())["pid"]) == d.pid:
+            pidfile.unlink()
     return was_running
 
 
