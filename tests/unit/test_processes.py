@@ -45,3 +45,25 @@ def test_stopping_an_old_daemon_keeps_its_successors_record(tmp_path: Path) -> N
     finally:
         processes.stop(tmp_path, new, timeout=5)
     assert processes.recorded(tmp_path) == []
+
+
+def test_a_daemon_still_in_its_wrappers_is_running_and_stop_kills_it(tmp_path: Path) -> None:
+    """Right after start the PID still runs `sh` (as the lab's `unshare`/`ip netns exec` chain
+    does): it is running already, so a stop at that moment does not leave it behind."""
+    argv = ["sh", "-c", 'sleep 0.5; exec "$PROGRAM" -c "import time; time.sleep(60)"']
+    d = processes.start(tmp_path, "wrapped", argv, env={"PROGRAM": sys.executable}, program=sys.executable)
+    assert processes.is_running(d)
+    assert processes.stop(tmp_path, d, timeout=5)
+    time.sleep(0.8)  # past the moment it would have exec'd the program
+    assert not processes.is_running(d)
+    assert not Path(f"/proc/{d.pid}").exists() or "time.sleep(60)" not in Path(f"/proc/{d.pid}/cmdline").read_text()
+
+
+def test_the_same_pid_started_at_another_time_is_not_ours(tmp_path: Path) -> None:
+    d = processes.start(tmp_path, "sleeper", [sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert d.start_time is not None
+        recycled = processes.Daemon("x", d.pid, d.argv, d.log, d.program, d.start_time + 1)
+        assert not processes.is_running(recycled)
+    finally:
+        processes.stop(tmp_path, d)

@@ -3,7 +3,10 @@
 `lab up` returns while etcd, the control plane, kube-proxies and node agents keep running, so
 each is started in its own session with its log in the state directory and its PID in a pidfile.
 `down` signals those process groups only (never processes found by name), after checking that the
-PID still runs the command that was recorded, so a recycled PID is never killed.
+PID is still the process that was started (its start time, recorded with it), so a recycled PID is
+never killed. The start time, not the command line, is what identifies it: a just-started daemon is
+still in `fork` or in its wrappers (`unshare`, `sh`, `ip netns exec`) before it execs the program,
+and must count as running then too, or a stop right after a start would leave it behind.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ class Daemon:
     log: Path
     program: str = ""
     """The program the PID ends up running after wrappers exec it (default: from `argv`)."""
+    start_time: int | None = None
+    """The PID's start time (clock ticks after boot, /proc/PID/stat); None in records of old labs."""
 
 
 def _pid_dir(state: Path) -> Path:
@@ -58,8 +63,9 @@ def start(
             start_new_session=True,
             env={**(os.environ if inherit_env else {}), **(env or {})},
         )
-    daemon = Daemon(name, proc.pid, tuple(argv), log, program)
-    record = {"pid": proc.pid, "argv": list(argv), "program": program}
+    st = _stat(proc.pid)
+    daemon = Daemon(name, proc.pid, tuple(argv), log, program, st[1] if st else None)
+    record = {"pid": proc.pid, "argv": list(argv), "program": program, "start_time": daemon.start_time}
     (_pid_dir(state) / f"{name}.json").write_text(json.dumps(record))
     return daemon
 
@@ -72,27 +78,36 @@ def recorded(state: Path) -> list[Daemon]:
         except (OSError, ValueError):
             continue
         log = state / "logs" / f"{f.stem}.log"
-        out.append(Daemon(f.stem, int(data["pid"]), tuple(data["argv"]), log, str(data.get("program") or "")))
+        started = data.get("start_time")
+        program = str(data.get("program") or "")
+        out.append(Daemon(f.stem, int(data["pid"]), tuple(data["argv"]), log, program, started))
     return out
 
 
-def _cmdline(pid: int) -> list[str] | None:
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, start time) of a PID, or None when there is no such process."""
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    if stat.rsplit(")", 1)[-1].split()[0] == "Z":
-        with contextlib.suppress(ChildProcessError):  # a zombie child of ours: reap it
-            os.waitpid(pid, os.WNOHANG)
-        return None
-    return [a for a in raw.decode(errors="replace").split("\0") if a]
+    fields = stat.rsplit(")", 1)[-1].split()  # fields from the 3rd (state) on; `comm` may hold spaces
+    return fields[0], int(fields[19])
 
 
 def is_running(d: Daemon) -> bool:
-    """True when the PID is alive and still runs the recorded program."""
-    cmd = _cmdline(d.pid)
-    if not cmd:
+    """True when the PID is alive and still the process that was started."""
+    st = _stat(d.pid)
+    if st is None:
+        return False
+    if st[0] == "Z":
+        with contextlib.suppress(ChildProcessError):  # a zombie child of ours: reap it
+            os.waitpid(d.pid, os.WNOHANG)
+        return False
+    if d.start_time is not None:
+        return st[1] == d.start_time
+    try:  # a record without start time: compare the program, as labs before it did
+        cmd = [a for a in Path(f"/proc/{d.pid}/cmdline").read_bytes().decode(errors="replace").split("\0") if a]
+    except OSError:
         return False
     # `ip netns exec NS prog ...` execs into prog: compare on the program's own name.
     wanted = Path(d.program or d.argv[_program_index(d.argv)]).name
