@@ -15,19 +15,26 @@ from openelb.lab.plan import make_plan
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 
 
-def test_removal_racing_the_probe_loop_leaves_no_orphan(tmp_path: Path) -> None:
+def agent_with_one_pod(
+    tmp_path: Path, uid: str
+) -> tuple[NodeAgent, list[processes.Daemon], podnet.Sandbox, list[containers.ContainerRun], str]:
+    """An agent whose containers are plain local processes (the real `_exec` wraps them in
+    unshare + ip netns exec, as root; the bookkeeping under test is the same), and one pod."""
     plan = make_plan(1)
     agent = NodeAgent(plan, Paths(tmp_path), plan.nodes[0].name)
     started: list[processes.Daemon] = []
 
     def exec_here(box: podnet.Sandbox, run: containers.ContainerRun) -> None:
-        # The real one wraps argv in unshare + ip netns exec (root); the bookkeeping is the same.
         started.append(processes.start(tmp_path, agent._daemon(box.uid, run.name), run.argv, program=sys.executable))
 
     agent._exec = exec_here  # type: ignore[method-assign]
-    box = podnet.host_network(plan.nodes[0], "uid-1", "openelb-system", "speaker-x")
+    box = podnet.host_network(plan.nodes[0], uid, "openelb-system", f"speaker-{uid}")
     runs = [containers.ContainerRun("speaker", SLEEPER, {})]
-    key = "openelb-system/speaker-x"
+    return agent, started, box, runs, f"openelb-system/speaker-{uid}"
+
+
+def test_removal_racing_the_probe_loop_leaves_no_orphan(tmp_path: Path) -> None:
+    agent, started, box, runs, key = agent_with_one_pod(tmp_path, "uid-1")
     try:
         for _ in range(5):  # each round: start, then remove while a probe spins beside it
             agent.boxes[key], agent.runs[key] = box, runs
@@ -56,17 +63,7 @@ def test_removal_racing_the_probe_loop_leaves_no_orphan(tmp_path: Path) -> None:
 
 
 def test_an_exited_container_is_restarted_once(tmp_path: Path) -> None:
-    plan = make_plan(1)
-    agent = NodeAgent(plan, Paths(tmp_path), plan.nodes[0].name)
-    started: list[processes.Daemon] = []
-
-    def exec_here(box: podnet.Sandbox, run: containers.ContainerRun) -> None:
-        started.append(processes.start(tmp_path, agent._daemon(box.uid, run.name), run.argv, program=sys.executable))
-
-    agent._exec = exec_here  # type: ignore[method-assign]
-    box = podnet.host_network(plan.nodes[0], "uid-2", "openelb-system", "speaker-y")
-    runs = [containers.ContainerRun("speaker", SLEEPER, {})]
-    key = "openelb-system/speaker-y"
+    agent, started, box, runs, key = agent_with_one_pod(tmp_path, "uid-2")
     try:
         agent.boxes[key], agent.runs[key] = box, runs
         agent._start_containers(key, box, runs)
