@@ -126,13 +126,13 @@ def uninstall(kube: Client) -> None:
         lambda: not list(kube.list(Pod, namespace=NS, labels={"app": "openelb"})),
         60,
     )
+    with contextlib.suppress(ApiError):
+        kube.delete(Lease, names.LEADER_LEASE, namespace=NS)
     # ... and their processes: a leftover speaker holds its node's ports and breaks later modules
     try:
         workloads.poll("the install's processes gone", lambda: not openelb_processes(), 20)
     except TimeoutError:
         raise AssertionError(f"processes left after uninstall: {openelb_processes()}") from None
-    with contextlib.suppress(ApiError):
-        kube.delete(Lease, names.LEADER_LEASE, namespace=NS)
 
 
 @pytest.fixture(scope="module")
@@ -152,8 +152,10 @@ def upgraded(kube: Client, lab_plan: LabPlan) -> Iterator[str]:
         workloads.poll("Services released", lambda: not list(kube.list(Service, namespace=ns)), 60)
         for pool in ("go-pool", "eip-pool"):
             delete_eip(kube, pool)
-        uninstall(kube)
-        workloads.delete_namespace(kube, ns)
+        try:
+            uninstall(kube)
+        finally:
+            workloads.delete_namespace(kube, ns)
 
 
 def test_upgrade_from_go_openelb_keeps_every_ip(kube: Client, upgraded: str) -> None:
