@@ -319,6 +319,7 @@ def down(quiet: bool = False, keep_logs: bool = False) -> list[str]:
         with contextlib.suppress(OSError):
             folder.rmdir()
     if paths.state.exists():
+        _save_logs(paths.state / "logs")
         if keep_logs:
             for child in paths.state.iterdir():
                 if child.name != "logs":
@@ -328,6 +329,16 @@ def down(quiet: bool = False, keep_logs: bool = False) -> list[str]:
             removed.append(f"dir {paths.state}")
     say(f"lab down: removed {len(removed)} items")
     return removed
+
+
+def _save_logs(logs: Path) -> None:
+    """With OPENELB_LAB_KEEP_LOGS=DIR, `down` first copies every daemon's log (apiserver, node
+    agents, pods) to a new folder there: what a failed test run needs, after its lab is gone."""
+    dest = os.environ.get("OPENELB_LAB_KEEP_LOGS")
+    if dest and logs.is_dir():
+        target = Path(dest) / time.strftime("lab-%Y%m%dT%H%M%S")
+        shutil.copytree(logs, target, dirs_exist_ok=True)
+        print(f"lab logs kept in {target}", file=sys.stderr)
 
 
 def status() -> dict[str, object]:
