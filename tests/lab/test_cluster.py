@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -115,6 +116,31 @@ def test_pod_gets_a_sandbox_and_deletion_removes_it(kube: Client, lab_plan: LabP
         "pod gone", lambda: not any(p.metadata.name == "solo" for p in kube.list(Pod, namespace=namespace)), 60
     )
     workloads.poll("sandbox removed", lambda: sandbox_ns not in netns.list_netns(), 30)
+
+
+def test_a_pod_address_is_reusable_while_the_old_namespace_lingers(lab_plan: LabPlan) -> None:
+    """The kernel destroys a deleted namespace asynchronously; a held reference (here an open
+    file, in CI a slow cleanup) keeps its veth and the node's route to the pod's address alive.
+    The next pod given that address must still get it routed, not fail to start for a minute."""
+    node, state, slot = lab_plan.nodes[0], Paths(lab.state_dir()).state, 250  # far above any used slot
+    old = podnet.create(node, f"test-old-{uuid.uuid4()}", "t", "old", slot)
+    assert old.netns
+    holder = os.open(f"/run/netns/{old.netns}", os.O_RDONLY)
+    try:
+        podnet.remove(state, node, old)
+        new = podnet.create(node, f"test-new-{uuid.uuid4()}", "t", "new", slot)
+        try:
+            route = netns.run(["ip", "-n", node.netns, "route", "get", new.ipv4])
+            assert f"dev {new.veth}" in route, route
+            ping = subprocess.run(
+                ["ip", "netns", "exec", node.netns, "ping", "-c", "1", "-W", "2", new.ipv4],
+                capture_output=True, text=True, timeout=10, check=False,
+            )  # fmt: skip
+            assert ping.returncode == 0, ping.stdout + ping.stderr
+        finally:
+            podnet.remove(state, node, new)
+    finally:
+        os.close(holder)
 
 
 def test_lab_exec_and_status(lab_plan: LabPlan) -> None:

@@ -53,8 +53,9 @@ def create(node: NodePlan, uid: str, namespace: str, name: str, slot: int) -> Sa
                 f"link set {veth} up",
                 f"addr add {gw}/32 dev {veth}",
                 f"addr add fe80::1/64 dev {veth} nodad",
-                f"route add {v4}/32 dev {veth}",
-                f"route add {v6}/128 dev {veth}",
+                # `replace`: a route left by an earlier pod with this address must not block this one
+                f"route replace {v4}/32 dev {veth}",
+                f"route replace {v6}/128 dev {veth}",
             ],
             netns=node.netns,
         )
@@ -70,9 +71,17 @@ def create(node: NodePlan, uid: str, namespace: str, name: str, slot: int) -> Sa
             netns=ns,
         )
     except Exception:
+        _del_veth(node, veth)
         netns.del_netns(ns)
         raise
     return Sandbox(uid, node.name, namespace, name, ns, veth, slot, v4, v6, None)
+
+
+def _del_veth(node: NodePlan, veth: str) -> None:
+    """Delete the pod's veth pair from the node's side: at once, with its routes. Deleting the
+    pod's namespace deletes it too, but the kernel destroys a namespace asynchronously (seconds
+    later under load), and until then the next pod given the same address cannot route to it."""
+    netns.run(["ip", "-n", node.netns, "link", "del", veth], check=False)
 
 
 def host_network(node: NodePlan, uid: str, namespace: str, name: str) -> Sandbox:
@@ -97,8 +106,10 @@ def remove(state: Path, node: NodePlan, box: Sandbox) -> None:
         for d in processes.recorded(state):
             if d.name == box.daemon:
                 processes.stop(state, d, timeout=3)
+    if box.veth:
+        _del_veth(node, box.veth)
     if box.netns:
-        netns.del_netns(box.netns)  # deleting the namespace deletes the veth pair too
+        netns.del_netns(box.netns)
     record_path(state, box.uid).unlink(missing_ok=True)
 
 
