@@ -1,14 +1,17 @@
-"""What both daemons (controller, speaker) need from their process: a bounded graceful stop and
-the plain-HTTP endpoints for Prometheus and probes."""
+"""What both daemons (controller, speaker) need from their process: logging, a bounded graceful
+stop, listening sockets that say clearly why they cannot listen, and the plain-HTTP endpoints for
+Prometheus and probes."""
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -45,6 +48,28 @@ class CannotListen(RuntimeError):
         super().__init__(f"cannot listen on {where} ({what}): {exc.strerror or exc}. {hint}")
 
 
+def run_daemon(main: Coroutine[Any, Any, None], log: logging.Logger) -> None:
+    """Run a daemon's main coroutine; a port it cannot bind ends it with one line and status 1."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
+    try:
+        asyncio.run(main)
+    except CannotListen as exc:
+        log.error("%s", exc)
+        raise SystemExit(1) from exc
+
+
+async def start_site(runner: web.AppRunner, what: str, host: str, port: int, ssl_context: Any = None) -> web.AppRunner:
+    """Listen on host:port with an AppRunner already set up (cleaned up if that fails)."""
+    try:
+        await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
+    except OSError as exc:
+        await runner.cleanup()
+        shown = f"[{host}]" if ":" in host else host
+        raise CannotListen(what, f"TCP {shown}:{port}", exc) from exc
+    return runner
+
+
 def split_addr(addr: str) -> tuple[str, int]:
     """`host:port`, `[v6]:port` or `:port` (all addresses)."""
     host, _, port = addr.rpartition(":")
@@ -73,9 +98,4 @@ async def serve_metrics(
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host, port = split_addr(addr)
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise CannotListen("metrics and probes", f"TCP {addr}", exc) from exc
-    return runner
+    return await start_site(runner, "metrics and probes", host, port)

@@ -20,7 +20,7 @@ from openelb.controller.webhook import CertManager, dns_names, serve
 from openelb.kube.client import async_client
 from openelb.kube.events import EventRecorder
 from openelb.kube.leader import LeaseElector
-from openelb.runtime import CannotListen, serve_metrics, split_addr, stop_on_signals
+from openelb.runtime import run_daemon, serve_metrics, split_addr, stop_on_signals
 
 log = logging.getLogger("openelb.controller")
 GRACE_SECONDS = 8.0
@@ -106,10 +106,4 @@ async def run(opts: ControllerOptions) -> None:
 
 
 def main(opts: ControllerOptions) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx2").setLevel(logging.WARNING)
-    try:
-        asyncio.run(run(opts))
-    except CannotListen as exc:
-        log.error("%s", exc)
-        raise SystemExit(1) from exc
+    run_daemon(run(opts), log)

@@ -29,7 +29,7 @@ from lightkube.types import PatchType
 from openelb import pki
 from openelb.controller import admission
 from openelb.kube.resources import Eip
-from openelb.runtime import CannotListen
+from openelb.runtime import start_site
 
 log = logging.getLogger("openelb.webhook")
 
@@ -197,11 +197,7 @@ def make_app(client: AsyncClient) -> web.Application:
 async def serve(client: AsyncClient, certs: CertManager, host: str, port: int) -> web.AppRunner:
     runner = web.AppRunner(make_app(client), access_log=None)
     await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port, ssl_context=certs.ctx).start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise CannotListen("admission webhook, --webhook-addr", f"TCP {host}:{port}", exc) from exc
+    await start_site(runner, "admission webhook, --webhook-addr", host, port, certs.ctx)
     log.info("webhook listening on https://%s:%d", host, port)
     return runner
 

@@ -34,7 +34,7 @@ from openelb.kube.events import EventRecorder, Target
 from openelb.kube.informer import Informer
 from openelb.kube.resources import Eip
 from openelb.protocols import heartbeat as hbp
-from openelb.runtime import CannotListen, serve_metrics, stop_on_signals
+from openelb.runtime import CannotListen, run_daemon, serve_metrics, stop_on_signals
 from openelb.speaker import desired, inputs
 from openelb.speaker.bgp.mode import BgpMode
 from openelb.speaker.layer2 import Layer2Announcer, LocalAddresses, resolve_interface
@@ -467,15 +467,8 @@ def interface_subnets(ifname: str) -> list[ipaddress.IPv4Network | ipaddress.IPv
 
 
 def main(opts: SpeakerOptions) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx2").setLevel(logging.WARNING)
-
     async def run() -> None:
         stop = stop_on_signals(GRACE_SECONDS)
         await Speaker(opts).run(stop)
 
-    try:
-        asyncio.run(run())
-    except CannotListen as exc:
-        log.error("%s", exc)
-        raise SystemExit(1) from exc
+    run_daemon(run(), log)
