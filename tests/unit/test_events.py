@@ -42,8 +42,8 @@ def test_emit_returns_at_once_and_events_go_out_in_order_one_at_a_time() -> None
         api = _SlowApi()
         rec = EventRecorder(api, "test")  # type: ignore[arg-type]
         for name in ("a", "b", "c"):
-            await asyncio.wait_for(rec.emit(_svc(name), "Normal", "AssignIP", "ok"), 0.1)  # the API is stuck
-        await rec.emit(_svc("a"), "Normal", "AssignIP", "ok")  # a repeat: aggregated into a's Event
+            rec.emit(_svc(name), "Normal", "AssignIP", "ok")  # the API is stuck: emit only queues
+        rec.emit(_svc("a"), "Normal", "AssignIP", "ok")  # a repeat: aggregated into a's Event
         api.gate.set()
         await asyncio.wait_for(rec.flush(), 2)
         return api
@@ -62,7 +62,7 @@ def test_a_full_queue_drops_the_oldest(monkeypatch: pytest.MonkeyPatch) -> None:
         api = _SlowApi()
         rec = EventRecorder(api, "test")  # type: ignore[arg-type]
         for name in ("a", "b", "c", "d"):
-            await rec.emit(_svc(name), "Normal", "AssignIP", "ok")
+            rec.emit(_svc(name), "Normal", "AssignIP", "ok")
             await asyncio.sleep(0)  # the sender takes "a" and waits on the API with it
         api.gate.set()
         await asyncio.wait_for(rec.flush(), 2)

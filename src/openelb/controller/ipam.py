@@ -225,7 +225,7 @@ class IpamController:
             log.info("cannot assign %s: %s", key, exc)
             self.pending.add(key)
             self.metrics.failures.inc()
-            await self.recorder.emit(_target(svc), "Warning", "AssignIPFailed", f"failed to assign ip: {exc}")
+            self.recorder.emit(_target(svc), "Warning", "AssignIPFailed", f"failed to assign ip: {exc}")
             # Whatever the Service held stays (status untouched): a bad edit never loses an IP.
             return
         self.pending.discard(key)
@@ -236,7 +236,7 @@ class IpamController:
         if old is None or old.ips != got.ips:
             log.info("assigned %s to %s from %s", _fmt(got.ips), key, ",".join(got.pools))
             self.metrics.allocations.inc()
-            await self.recorder.emit(_target(svc), "Normal", "AssignIP", f"success to assign ip: {_fmt(got.ips)}")
+            self.recorder.emit(_target(svc), "Normal", "AssignIP", f"success to assign ip: {_fmt(got.ips)}")
 
     def _touch(self, alloc: Allocation) -> None:
         """Schedule a status write for the pools of `alloc`, coalescing bursts: each write carries
@@ -305,7 +305,7 @@ class IpamController:
             self._touch(gone)
             self.metrics.releases.inc()
         if released and not self._namespace_terminating(svc):  # its Events could not be created anyway
-            await self.recorder.emit(_target(svc), "Normal", "ReleaseIP", f"success to release ip: {_fmt(released)}")
+            self.recorder.emit(_target(svc), "Normal", "ReleaseIP", f"success to release ip: {_fmt(released)}")
 
     # ---- eips --------------------------------------------------------------------------------
 
@@ -322,7 +322,7 @@ class IpamController:
         if view.deleting:
             holders = sorted({k for keys in self._pool_used(name).values() for k in keys})
             if holders:
-                await self.recorder.emit(
+                self.recorder.emit(
                     _eip_target(obj),
                     "Warning",
                     "DeleteEipBlocked",
@@ -353,7 +353,7 @@ class IpamController:
             self._status_delay[name] = status_delay(time.perf_counter() - started, len(status.get("used") or ()))
         problems = self.problems.get(name)
         if problems and not view.deleting:
-            await self.recorder.emit(_eip_target(obj), "Warning", "InvalidEip", "; ".join(problems))
+            self.recorder.emit(_eip_target(obj), "Warning", "InvalidEip", "; ".join(problems))
 
     def _pool_used(self, name: str) -> dict[str, list[str]]:
         return self.alloc.used(name) if name in self.alloc.pools else {}

@@ -48,8 +48,8 @@ class EventRecorder:
         self._sender: asyncio.Task[None] | None = None
         self.dropped = 0
 
-    async def emit(self, target: Target, type_: str, reason: str, message: str) -> None:
-        """Queue an Event (stamped now) and return at once; never raises."""
+    def emit(self, target: Target, type_: str, reason: str, message: str) -> None:
+        """Queue an Event (stamped now); never blocks and never raises. Needs a running loop."""
         if len(self._pending) >= MAX_PENDING:
             self._pending.popleft()
             self.dropped += 1

@@ -184,7 +184,7 @@ class Speaker:
         log.warning("%s", message)
         node = self.nodes.store.get(self.opts.node)
         uid = node.metadata.uid if node and node.metadata else None
-        await self.recorder.emit(Target("Node", self.opts.node, None, uid), "Warning", "IPVSWithoutStrictARP", message)
+        self.recorder.emit(Target("Node", self.opts.node, None, uid), "Warning", "IPVSWithoutStrictARP", message)
         return message
 
     def _changed(self, _key: str) -> None:
@@ -240,13 +240,11 @@ class Speaker:
                 f"({', '.join(map(str, subnets)) or 'none'}); answering anyway"
             )
             log.warning("%s", message)
-            asyncio.get_running_loop().create_task(
-                self.recorder.emit(
-                    Target("Eip", name, None, obj.metadata.uid, api_version=f"{names.GROUP}/{names.VERSION}"),
-                    "Warning",
-                    "Layer2RangeOutsideSubnet",
-                    message,
-                )
+            self.recorder.emit(
+                Target("Eip", name, None, obj.metadata.uid, api_version=f"{names.GROUP}/{names.VERSION}"),
+                "Warning",
+                "Layer2RangeOutsideSubnet",
+                message,
             )
         return ifname, rng
 
@@ -335,7 +333,7 @@ class Speaker:
                 log.warning("cannot annotate %s: %s", key, exc)
                 continue
             uid = svc.metadata.uid if svc and svc.metadata else None
-            await self.recorder.emit(
+            self.recorder.emit(
                 Target("Service", name, ns, uid),
                 "Normal",
                 "Layer2Announcer",

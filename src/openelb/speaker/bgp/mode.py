@@ -113,7 +113,7 @@ class BgpMode:
         self._warned.add(key)
         log.warning("%s %s: %s", kind, md.name, message)
         target = Target(kind, md.name, None, md.uid, api_version=f"{names.GROUP}/{names.VERSION}")
-        await self.recorder.emit(target, "Warning", reason, f"{self.node}: {message}")
+        self.recorder.emit(target, "Warning", reason, f"{self.node}: {message}")
 
     async def _reconfigure(self) -> None:
         me = self._node_info()
