@@ -141,7 +141,7 @@ def test_routes_decided_before_the_backend_exists_are_announced() -> None:
     async def scenario() -> dict[Any, tuple[str, ...]]:
         me = desired.NodeInfo("node-1", True, {}, ("198.18.0.11",))
         mode = BgpMode(cast(Any, None), "node-1", cast(Any, None), lambda: me)
-        mode.set_routes({"203.0.113.10": ("198.18.0.11", "198.18.0.12")})
+        mode.update_routes({"203.0.113.10": ("198.18.0.11", "198.18.0.12")})
         await mode._reconfigure()
         assert mode.backend is not None
         routes = dict(mode.backend.routes)  # type: ignore[attr-defined]

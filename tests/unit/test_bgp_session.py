@@ -187,3 +187,50 @@ def test_graceful_restart_capability_sets_r_and_f_bits() -> None:
 def test_parse_prefix() -> None:
     assert parse_prefix("198.51.100.7") == ipaddress.ip_network("198.51.100.7/32")
     assert parse_prefix("2001:db8::7") == ipaddress.ip_network("2001:db8::7/128")
+
+
+def test_partial_updates_end_where_full_intent_does() -> None:
+    """`update_routes` sends UPDATEs for the touched prefixes only; after any sequence the peer's
+    table and our Adj-RIB-Out equal those of a session given the whole intent at once."""
+    import random
+
+    rng = random.Random(7)
+    hops = ["192.0.2.11", "192.0.2.12", "192.0.2.13"]
+    prefixes = [parse_prefix(f"198.51.100.{i}") for i in range(20)]
+    open_b = c.encode_open(
+        c.Open(65000, 90, "192.0.2.2", c.Capabilities(frozenset({V4, V6}), 65000, True, None, ((V4, 1), (V6, 1))))
+    )
+    for add_path in (True, False):
+        a = Session(cfg(65001, 65000, "192.0.2.11"), 0.0)
+        a.start(0.0)
+        opened = (
+            open_b
+            if add_path
+            else c.encode_open(
+                c.Open(65000, 90, "192.0.2.2", c.Capabilities(frozenset({V4, V6}), 65000, True, None, ()))
+            )
+        )
+        a.receive_data(opened + c.encode_keepalive(), 0.0)
+        fams = frozenset({V4, V6}) if add_path else frozenset()
+        spy = Router(a, fams)
+        spy.feed(a.data_to_send())
+        intent: dict[ipaddress.IPv4Network | ipaddress.IPv6Network, list[str]] = {}
+        for _ in range(200):
+            changes: dict[ipaddress.IPv4Network | ipaddress.IPv6Network, list[str] | None] = {}
+            for p in rng.sample(prefixes, 3):
+                chosen = rng.sample(hops, rng.randint(0, 3))
+                changes[p] = chosen or None
+                if chosen:
+                    intent[p] = chosen
+                else:
+                    intent.pop(p, None)
+            a.update_routes(changes)
+            spy.feed(a.data_to_send())
+        b = Session(cfg(65001, 65000, "192.0.2.11"), 0.0)
+        b.start(0.0)
+        b.receive_data(opened + c.encode_keepalive(), 0.0)
+        b.set_routes(intent)
+        full = Router(b, fams)
+        full.feed(b.data_to_send())
+        assert spy.table == full.table and a.rib_out() == b.rib_out()
+        assert spy.table  # the sequence left something announced

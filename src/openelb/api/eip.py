@@ -94,23 +94,3 @@ def validate(eip: EipView, others: Iterable[EipView]) -> list[str]:
             if eip.default and other.default and other_rng is not None and other_rng.version == rng.version:
                 problems.append(f"already exists a default EIP: {other.name} (one default per address family)")
     return problems
-
-
-def accepted_pools(eips: Iterable[EipView]) -> tuple[list[Pool], dict[str, list[str]]]:
-    """The pools to allocate from, and the problems of the Eips left out.
-
-    Without the webhook two Eips can overlap: the older one (creation time, then name) wins and
-    the newer one is refused with the overlap named, so an existing allocation never changes pool.
-    """
-    ordered = sorted(eips, key=lambda e: (e.created, e.name))
-    pools: list[Pool] = []
-    accepted: list[EipView] = []
-    problems: dict[str, list[str]] = {}
-    for eip in ordered:
-        issues = validate(eip, accepted)
-        if issues:
-            problems[eip.name] = issues
-            continue
-        accepted.append(eip)
-        pools.append(eip.to_pool(parse_range(eip.address)))
-    return pools, problems

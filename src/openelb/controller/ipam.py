@@ -23,10 +23,11 @@ from lightkube.resources.core_v1 import Namespace, Service
 from lightkube.types import PatchType
 
 from openelb.api import names
-from openelb.api.eip import EipView, accepted_pools
+from openelb.api.eip import EipView
 from openelb.controller import servicepolicy as sp
 from openelb.controller.metrics import Metrics
 from openelb.ipam.allocator import Allocation, AllocationError, Allocator, Request
+from openelb.ipam.pools import accepted_pools
 from openelb.ipam.ranges import IPAddress, parse_ip
 from openelb.kube.events import EventRecorder, Target
 from openelb.kube.informer import Informer

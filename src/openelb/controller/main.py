@@ -53,10 +53,16 @@ async def run(opts: ControllerOptions) -> None:
         client, Policy(opts.lb_class, opts.serve_unannotated), recorder, metrics, workers=opts.workers
     )
     runners: list[web.AppRunner] = []
+    # Made before anything is served: /readyz reads it, also during the certificate setup below.
+    elector = LeaseElector(client, names.LEADER_LEASE, opts.namespace, opts.identity) if opts.leader_elect else None
+
+    setting_up = bool(opts.webhook_addr)
 
     def not_ready() -> str | None:
-        # A standby replica is ready (it serves the webhook); the leader (or the only replica,
-        # without leader election) once its caches synced.
+        # A standby replica is ready once it serves the webhook; the leader (or the only
+        # replica, without leader election) once its caches synced too.
+        if setting_up:
+            return "setting up the webhook certificate"
         active = elector is None or elector.leading
         return "syncing caches" if active and not ctrl.ready.is_set() else None
 
@@ -74,11 +80,11 @@ async def run(opts: ControllerOptions) -> None:
         await certs.ensure()
         host, port = split_addr(opts.webhook_addr)
         runners.append(await serve(client, certs, host, port))
+        setting_up = False
         refresher = asyncio.create_task(certs.keep_fresh())
     else:
         refresher = None
 
-    elector = LeaseElector(client, names.LEADER_LEASE, opts.namespace, opts.identity) if opts.leader_elect else None
     stop = stop_on_signals(GRACE_SECONDS)
 
     def on_change(leading: bool) -> None:

@@ -1,7 +1,7 @@
-"""Kubernetes objects → the plain snapshots `speaker.desired` decides on.
+"""Kubernetes objects → the plain snapshots `speaker.desired` and `speaker.plan` decide on.
 
-Shared by the speaker (from its informer caches) and `openelb status` (from one list each), so
-the status command shows the next hops the speakers compute, by the same rules.
+Per object, so the speaker converts only the object an informer reported; `service_infos` /
+`node_infos` convert whole listings for `openelb status`, by the same rules.
 """
 
 from __future__ import annotations
@@ -13,40 +13,84 @@ from lightkube.resources.discovery_v1 import EndpointSlice
 
 from openelb.speaker import desired
 
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+
+def service_info(svc: Service, endpoint_nodes: frozenset[str] = frozenset()) -> desired.ServiceInfo | None:
+    """A LoadBalancer Service with IPs; None for anything else (not ours to announce)."""
+    md = svc.metadata
+    if not svc.spec or svc.spec.type != "LoadBalancer" or md is None or md.deletionTimestamp:
+        return None
+    lb = svc.status.loadBalancer if svc.status else None
+    ips = tuple(i.ip for i in (lb.ingress if lb else None) or [] if i.ip)
+    if not ips:
+        return None
+    local = svc.spec.externalTrafficPolicy == "Local"
+    return desired.ServiceInfo(f"{md.namespace}/{md.name}", ips, local, endpoint_nodes if local else frozenset())
+
+
+def slice_nodes(sl: EndpointSlice) -> tuple[str | None, frozenset[str]]:
+    """(the Service key, the nodes holding a ready endpoint in this slice)."""
+    md = sl.metadata
+    svc_name = ((md.labels if md else None) or {}).get(SERVICE_NAME_LABEL)
+    if not svc_name or md is None:
+        return None, frozenset()
+    nodes = frozenset(
+        ep.nodeName
+        for ep in sl.endpoints or []
+        if ep.nodeName and (ep.conditions is None or ep.conditions.ready is not False)
+    )
+    return f"{md.namespace}/{svc_name}", nodes
+
+
+class EndpointIndex:
+    """Service key → nodes with a ready endpoint, over all its EndpointSlices, kept per slice."""
+
+    def __init__(self) -> None:
+        self._slices: dict[str, tuple[str, frozenset[str]]] = {}
+        self._of_service: dict[str, set[str]] = {}
+
+    def update(self, slice_key: str, sl: EndpointSlice | None) -> str | None:
+        """Apply one slice (None: deleted); returns the Service key it belongs to, if any."""
+        old = self._slices.pop(slice_key, None)
+        if old is not None:
+            keys = self._of_service.get(old[0])
+            if keys is not None:
+                keys.discard(slice_key)
+                if not keys:
+                    del self._of_service[old[0]]
+        svc_key, nodes = slice_nodes(sl) if sl is not None else (None, frozenset())
+        if svc_key is not None:
+            self._slices[slice_key] = (svc_key, nodes)
+            self._of_service.setdefault(svc_key, set()).add(slice_key)
+        return svc_key or (old[0] if old else None)
+
+    def nodes(self, svc_key: str) -> frozenset[str]:
+        return frozenset().union(*(self._slices[k][1] for k in self._of_service.get(svc_key, ())))
+
 
 def service_infos(services: Iterable[Service], slices: Iterable[EndpointSlice]) -> list[desired.ServiceInfo]:
     """LoadBalancer Services with IPs; for each, the nodes holding a ready endpoint."""
-    local_nodes: dict[str, set[str]] = {}
-    for sl in slices:
-        svc_name = ((sl.metadata.labels if sl.metadata else None) or {}).get("kubernetes.io/service-name")
-        if not svc_name or not sl.metadata:
-            continue
-        key = f"{sl.metadata.namespace}/{svc_name}"
-        for ep in sl.endpoints or []:
-            if ep.nodeName and (ep.conditions is None or ep.conditions.ready is not False):
-                local_nodes.setdefault(key, set()).add(ep.nodeName)
+    index = EndpointIndex()
+    for i, sl in enumerate(slices):
+        index.update(str(i), sl)
     out = []
     for svc in services:
         md = svc.metadata
-        if not svc.spec or svc.spec.type != "LoadBalancer" or md is None or md.deletionTimestamp:
-            continue
-        lb = svc.status.loadBalancer if svc.status else None
-        ips = tuple(i.ip for i in (lb.ingress if lb else None) or [] if i.ip)
-        if ips:
-            key = f"{md.namespace}/{md.name}"
-            local = svc.spec.externalTrafficPolicy == "Local"
-            out.append(desired.ServiceInfo(key, ips, local, frozenset(local_nodes.get(key, set()))))
+        key = f"{md.namespace}/{md.name}" if md else ""
+        info = service_info(svc, index.nodes(key))
+        if info is not None:
+            out.append(info)
     return out
+
+
+def node_info(node: Node) -> desired.NodeInfo:
+    conds = node.status.conditions if node.status else None
+    ready = any(c.type == "Ready" and c.status == "True" for c in conds or [])
+    md = node.metadata
+    addrs = tuple(a.address for a in (node.status.addresses if node.status else None) or [] if a.type == "InternalIP")
+    return desired.NodeInfo(md.name if md and md.name else "", ready, (md.labels if md else None) or {}, addrs)
 
 
 def node_infos(nodes: Iterable[Node]) -> list[desired.NodeInfo]:
-    out = []
-    for node in nodes:
-        conds = node.status.conditions if node.status else None
-        ready = any(c.type == "Ready" and c.status == "True" for c in conds or [])
-        md = node.metadata
-        addrs = tuple(
-            a.address for a in (node.status.addresses if node.status else None) or [] if a.type == "InternalIP"
-        )
-        out.append(desired.NodeInfo(md.name if md and md.name else "", ready, (md.labels if md else None) or {}, addrs))
-    return out
+    return [node_info(n) for n in nodes]

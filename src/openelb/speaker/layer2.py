@@ -2,25 +2,25 @@
 
 Thin socket adapters around the sans-IO codecs in `openelb.protocols`: an AF_PACKET socket per
 interface for ARP, a raw ICMPv6 socket (hop limit 255, solicited-node groups joined per owned IP)
-for NDP, both driven by the asyncio loop's readers. Gaining an IP sends a gratuitous burst
-(immediately, then after 0.5, 1 and 2 s, each only if the IP is still owned); losing it stops
-the answers at once. A garbage frame is counted and dropped.
+for NDP, both driven by the asyncio loop's readers. Whether a frame gets an answer is decided by
+the pure `arp_answer` / `ndp_answer`. Gaining IPs sends a gratuitous burst (immediately, then
+after 0.5, 1 and 2 s, each only for the IPs still owned; one timer per batch, not per IP); losing
+one stops the answers at once. A garbage frame is counted and dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 import logging
 import socket
 import struct
-import subprocess
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from openelb.protocols import arp, ndp
+from openelb.speaker.hostnet import HostAddresses, strict_arp
 
 log = logging.getLogger("openelb.speaker.layer2")
 
@@ -33,14 +33,42 @@ BURST = (0.0, 0.5, 1.0, 2.0)
 stats: Counter[str] = Counter()
 """requests_received, responses_sent, gratuitous_sent, malformed (exported as metrics)."""
 
+MALFORMED = "malformed"
 
-def resolve_interface(spec: str) -> str:
-    """An Eip `interface`: a name, or `can_reach:<ip>` (the interface of the route to that IP)."""
-    if spec.startswith("can_reach:"):
-        target = spec.split(":", 1)[1]
-        out = subprocess.run(["ip", "-j", "route", "get", target], capture_output=True, text=True, check=True)
-        return str(json.loads(out.stdout)[0]["dev"])
-    return spec
+
+def arp_answer(frame: bytes, owned: Collection[ipaddress.IPv4Address], mac: bytes) -> bytes | str | None:
+    """The reply frame to send for a received ARP frame, None to stay silent, or MALFORMED.
+    Only requests for an owned IP get one, and never our own (an echo of our gratuitous ARP)."""
+    try:
+        pkt = arp.parse(frame)
+    except arp.ArpError:
+        return MALFORMED
+    if pkt.op != arp.OP_REQUEST or pkt.target_ip not in owned or pkt.sender_mac == mac:
+        return None
+    return arp.build(arp.reply_to(pkt, mac))
+
+
+def ndp_answer(
+    data: bytes,
+    hop_limit: int | None,
+    source: ipaddress.IPv6Address,
+    owned: Collection[ipaddress.IPv6Address],
+    mac: bytes,
+) -> tuple[ndp.NeighborAdvertisement, ipaddress.IPv6Address] | str | None:
+    """The Neighbor Advertisement and its destination for a received ICMPv6 message, None to
+    stay silent, or MALFORMED. RFC 4861 §7.1.1: hop limit 255 or it did not come from this link;
+    a solicitation from :: is duplicate address detection, answered to all nodes, unsolicited."""
+    if hop_limit != 255:
+        return MALFORMED
+    try:
+        msg = ndp.parse(data)
+    except ndp.NdpError:
+        return MALFORMED
+    if not isinstance(msg, ndp.NeighborSolicitation) or msg.target not in owned:
+        return None
+    if source.is_unspecified:
+        return ndp.NeighborAdvertisement(msg.target, mac, solicited=False), ndp.ALL_NODES
+    return ndp.NeighborAdvertisement(msg.target, mac, solicited=True), source
 
 
 def mac_of(ifname: str) -> bytes:
@@ -66,16 +94,13 @@ class ArpResponder:
                 return
             if addr[2] == PACKET_OUTGOING:
                 continue
-            try:
-                pkt = arp.parse(frame)
-            except arp.ArpError:
+            reply = arp_answer(frame, self.owned, self.mac)
+            if reply == MALFORMED:
                 stats["malformed"] += 1
-                continue
-            if pkt.op != arp.OP_REQUEST or pkt.target_ip not in self.owned or pkt.sender_mac == self.mac:
-                continue
-            stats["requests_received"] += 1
-            self._send(arp.build(arp.reply_to(pkt, self.mac)))
-            stats["responses_sent"] += 1
+            elif isinstance(reply, bytes):
+                stats["requests_received"] += 1
+                self._send(reply)
+                stats["responses_sent"] += 1
 
     def _send(self, frame: bytes) -> None:
         try:
@@ -84,11 +109,7 @@ class ArpResponder:
             log.warning("ARP send on %s failed: %s", self.ifname, exc)
 
     def own(self, ip: ipaddress.IPv4Address) -> None:
-        if ip in self.owned:
-            return
         self.owned.add(ip)
-        for delay in BURST:
-            self.loop.call_later(delay, self.announce, ip)
 
     def announce(self, ip: ipaddress.IPv4Address) -> None:
         if ip in self.owned:
@@ -143,23 +164,14 @@ class NdpResponder:
                 ),
                 None,
             )
-            if hop != 255:  # RFC 4861 §7.1.1: anything else did not come from this link
-                stats["malformed"] += 1
-                continue
-            try:
-                msg = ndp.parse(data)
-            except ndp.NdpError:
-                stats["malformed"] += 1
-                continue
-            if not isinstance(msg, ndp.NeighborSolicitation) or msg.target not in self.owned:
-                continue
-            stats["requests_received"] += 1
             src = ipaddress.IPv6Address(addr[0].split("%")[0])
-            if src.is_unspecified:  # duplicate address detection: answer to all nodes, not solicited
-                self._send(ndp.NeighborAdvertisement(msg.target, self.mac, solicited=False), ndp.ALL_NODES)
-            else:
-                self._send(ndp.NeighborAdvertisement(msg.target, self.mac, solicited=True), src)
-            stats["responses_sent"] += 1
+            answer = ndp_answer(data, hop, src, self.owned, self.mac)
+            if answer == MALFORMED:
+                stats["malformed"] += 1
+            elif isinstance(answer, tuple):
+                stats["requests_received"] += 1
+                self._send(*answer)
+                stats["responses_sent"] += 1
 
     def _send(self, na: ndp.NeighborAdvertisement, dst: ipaddress.IPv6Address) -> None:
         """Sent from the target address itself, as the kernel does for its own addresses (tools
@@ -193,8 +205,6 @@ class NdpResponder:
             return
         self.owned.add(ip)
         self._group(ip, True)
-        for delay in BURST:
-            self.loop.call_later(delay, self.announce, ip)
 
     def announce(self, ip: ipaddress.IPv6Address) -> None:
         if ip in self.owned:
@@ -211,87 +221,29 @@ class NdpResponder:
         self.sock.close()
 
 
-def _plen(ip: str) -> int:
-    return 32 if ipaddress.ip_address(ip).version == 4 else 128
-
-
-class LocalAddresses:
-    """Owned IPs as /32 and /128 addresses on a dummy link, so the owner answers ping like an
-    IPVS-mode node does (kube-proxy's nftables and iptables modes only DNAT the Service ports).
-    Only the owner holds an IP (Layer2), or the nodes that are BGP next hops for it; each mode
-    claims its set and the link holds the union. A restart starts from an empty link."""
-
-    def __init__(self, link: str = "openelb0") -> None:
-        self.link = link
-        self._claims: dict[str, set[str]] = {}
-        self._held: set[str] = set()
-        if subprocess.run(["ip", "link", "show", link], capture_output=True, check=False).returncode != 0:
-            # A dummy link where the kernel has the module; a port-less bridge behaves the same.
-            for kind in ("dummy", "bridge"):
-                if (
-                    subprocess.run(
-                        ["ip", "link", "add", link, "type", kind], capture_output=True, check=False
-                    ).returncode
-                    == 0
-                ):
-                    break
-            else:
-                raise OSError(f"cannot create link {link} (neither dummy nor bridge)")
-        subprocess.run(["ip", "addr", "flush", "dev", link], capture_output=True, check=True)
-        subprocess.run(["ip", "link", "set", link, "up"], capture_output=True, check=True)
-
-    def strict_arp(self, ifname: str) -> None:
-        """The kernel must not answer ARP on `ifname` for addresses it holds elsewhere (ours on
-        the dummy link), or a crashed speaker's node would keep answering: arp_ignore=1 and
-        arp_announce=2 on that interface, what kube-proxy's strictARP sets for IPVS."""
-        for knob, value in (("arp_ignore", "1"), ("arp_announce", "2")):
-            path = Path(f"/proc/sys/net/ipv4/conf/{ifname}/{knob}")
-            try:
-                if path.read_text().strip() != value:
-                    path.write_text(value)
-            except OSError as exc:
-                log.warning("cannot set %s on %s: %s", knob, ifname, exc)
-
-    def claim(self, who: str, ips: Iterable[str]) -> None:
-        """`who` (a mode) wants exactly `ips` on the link; the link holds every mode's claims."""
-        self._claims[who] = set(ips)
-        wanted = set().union(*self._claims.values())
-        self.apply(wanted - self._held, self._held - wanted)
-        self._held = wanted
-
-    def apply(self, add: Iterable[str], remove: Iterable[str]) -> None:
-        """One `ip -batch` for a whole ownership change: a node taking over thousands of IPs must
-        not run a process per IP (nor block its event loop, and so its heartbeats, for seconds)."""
-        lines = [f"addr del {ip}/{_plen(ip)} dev {self.link}" for ip in remove]
-        lines += [
-            f"addr replace {ip}/{_plen(ip)} dev {self.link}" + ("" if _plen(ip) == 32 else " nodad") for ip in add
-        ]
-        if lines:
-            subprocess.run(["ip", "-force", "-batch", "-"], input="\n".join(lines) + "\n", text=True,
-                           capture_output=True, check=False)  # fmt: skip
-
-    def close(self) -> None:
-        subprocess.run(["ip", "addr", "flush", "dev", self.link], capture_output=True, check=False)
-
-
 class Layer2Announcer:
     """Owns IPs on interfaces: creates the responders of an interface on first use."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, local: LocalAddresses | None = None) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, host: HostAddresses | None = None) -> None:
         self.loop = loop
         self.arp: dict[str, ArpResponder] = {}
         self.ndp: dict[str, NdpResponder] = {}
         self.owned: dict[str, str] = {}
-        self.local = local
+        self.host = host
 
-    def set_owned(self, wanted: dict[str, str]) -> tuple[set[str], set[str]]:
-        """Make `wanted` (ip -> interface) the owned set; returns (gained, lost)."""
-        lost = {ip for ip, ifname in self.owned.items() if wanted.get(ip) != ifname}
-        for ip in lost:
-            self._disown(ip, self.owned.pop(ip))
-        gained = set()
-        for ip, ifname in wanted.items():
-            if ip in self.owned:
+    def apply(self, changes: Mapping[str, str | None]) -> tuple[set[str], set[str]]:
+        """IP → the interface to answer on, None = stop; returns (gained, lost)."""
+        gained: set[str] = set()
+        lost: set[str] = set()
+        for ip, ifname in changes.items():
+            held = self.owned.get(ip)
+            if held == ifname:
+                continue
+            if held is not None:
+                self._disown(ip, held)
+                del self.owned[ip]
+                lost.add(ip)
+            if ifname is None:
                 continue
             try:
                 self._own(ip, ifname)
@@ -300,17 +252,35 @@ class Layer2Announcer:
                 continue
             self.owned[ip] = ifname
             gained.add(ip)
-        if self.local:  # after the responders: the ARP/NDP answers and bursts go out first
-            self.local.claim("layer2", self.owned)
+            lost.discard(ip)
+        if gained:
+            fresh = [(ip, self.owned[ip]) for ip in gained]
+            for delay in BURST:
+                self.loop.call_later(delay, self._burst, fresh)
+        if self.host:  # after the responders: the ARP/NDP answers and bursts go out first
+            self.host.update("layer2", gained, lost)
         return gained, lost
+
+    def _burst(self, ips: list[tuple[str, str]]) -> None:
+        for ip, ifname in ips:
+            if self.owned.get(ip) == ifname:
+                self._announce(ip, ifname)
+
+    def _announce(self, ip: str, ifname: str) -> None:
+        addr = ipaddress.ip_address(ip)
+        if isinstance(addr, ipaddress.IPv4Address):
+            if ifname in self.arp:
+                self.arp[ifname].announce(addr)
+        elif ifname in self.ndp:
+            self.ndp[ifname].announce(addr)
 
     def _own(self, ip: str, ifname: str) -> None:
         addr = ipaddress.ip_address(ip)
         if isinstance(addr, ipaddress.IPv4Address):
             if ifname not in self.arp:
                 self.arp[ifname] = ArpResponder(self.loop, ifname)
-                if self.local:
-                    self.local.strict_arp(ifname)
+                if self.host:
+                    strict_arp(ifname)
             self.arp[ifname].own(addr)
         else:
             if ifname not in self.ndp:
@@ -318,12 +288,9 @@ class Layer2Announcer:
             self.ndp[ifname].own(addr)
 
     def refresh(self) -> None:
-        for a in self.arp.values():
-            for ip4 in list(a.owned):
-                a.announce(ip4)
-        for n in self.ndp.values():
-            for ip6 in list(n.owned):
-                n.announce(ip6)
+        """A slow gratuitous refresh heals switches and neighbours that missed the burst."""
+        for ip, ifname in list(self.owned.items()):
+            self._announce(ip, ifname)
 
     def _disown(self, ip: str, ifname: str) -> None:
         addr = ipaddress.ip_address(ip)
@@ -334,8 +301,9 @@ class Layer2Announcer:
             self.ndp[ifname].disown(addr)
 
     def close(self) -> None:
-        if self.local:
-            self.local.claim("layer2", ())
+        if self.host:
+            self.host.update("layer2", (), set(self.owned))
+        self.owned.clear()
         for a in self.arp.values():
             a.close()
         for n in self.ndp.values():

@@ -1,21 +1,20 @@
 """`openelb speaker`: runs on every node (host network) and announces the IPs this node owns.
 
-Informers give the API's view (Services, EndpointSlices, Nodes, Eips); UDP heartbeats between
-speakers give liveness without any API write on the failover path: a speaker that misses
-heartbeats for `--dead-after` (default 350 ms) leaves every candidate set at once, and the next
-ranked node starts answering and sends its gratuitous burst. A speaker that stops gracefully says
-so (LEAVING) and hands over at once.
+Wiring only. Informers report keys; each key updates the incremental plan (`speaker.plan`) with
+that one object, and the plan's changes go to the announcers: Layer2 responders (`layer2`), BGP
+(`bgp.mode`), the host addresses (`hostnet`), the announcer annotation (`marks`). Liveness is UDP
+heartbeats on their own thread (`liveness`): a speaker that misses heartbeats for `--dead-after`
+leaves every candidate set at once and the next ranked node takes over; a speaker that stops
+gracefully says so (LEAVING) and hands over at once. Nothing on this loop blocks: netlink runs on
+worker threads, and a full recompute (the periodic self-check) on an executor thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
-import json
 import logging
-import subprocess
-import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,28 +22,29 @@ import yaml
 from lightkube.core.exceptions import ApiError
 from lightkube.resources.core_v1 import ConfigMap, Node, Service
 from lightkube.resources.discovery_v1 import EndpointSlice
-from lightkube.types import PatchType
-from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry
 
 from openelb.api import names
-from openelb.ipam.ranges import AddressError, IPRange, parse_range
+from openelb.api.eip import EipView
+from openelb.ipam.pools import PoolInfo, PoolModel
+from openelb.ipam.ranges import IPRange
 from openelb.kube.client import async_client
 from openelb.kube.events import EventRecorder, Target
 from openelb.kube.informer import Informer
 from openelb.kube.resources import Eip
-from openelb.protocols import heartbeat as hbp
 from openelb.runtime import CannotListen, run_daemon, serve_metrics, stop_on_signals
-from openelb.speaker import desired, inputs
+from openelb.speaker import desired, hostnet, inputs
 from openelb.speaker.bgp.mode import BgpMode
-from openelb.speaker.layer2 import Layer2Announcer, LocalAddresses, resolve_interface
-from openelb.speaker.layer2 import stats as layer2_stats
+from openelb.speaker.layer2 import Layer2Announcer
+from openelb.speaker.liveness import Heartbeats
+from openelb.speaker.marks import AnnouncerMarks
+from openelb.speaker.metrics import SpeakerCollector
+from openelb.speaker.plan import Plan, full
 
 log = logging.getLogger("openelb.speaker")
 GRACE_SECONDS = 5.0
-FULL_MESH_NODES = 16
-"""Up to this many nodes every speaker heartbeats every other one (cheap, and every speaker then
-knows every other one is up); beyond, only the candidates of shared IPs exchange heartbeats."""
+LOG_EACH_IP = 20
+"""Up to this many IPs gained or lost at once are logged one by one; more as a count."""
 
 
 @dataclass
@@ -60,27 +60,10 @@ class SpeakerOptions:
     bgp_status_interval: float = 30.0
     local_addresses: bool = True
     metrics_addr: str = "0.0.0.0:50053"
-
-
-class HeartbeatProtocol(asyncio.DatagramProtocol):
-    def __init__(self, speaker: Speaker) -> None:
-        self.speaker = speaker
-
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        try:
-            hb = hbp.decode(data, self.speaker.opts.key)
-        except hbp.HeartbeatError:
-            self.speaker.bad_heartbeats += 1
-            return
-        if hb.kind == hbp.PROBE:
-            self.speaker.reply(hb, addr)
-            return
-        if hb.kind == hbp.REPLY:
-            self.speaker.rtt.observe(max(0, time.time_ns() - hb.seq) / 1e9)
-            return
-        if self.speaker.membership.receive(hb, time.monotonic()):
-            log.info("membership: %s is %s", hb.node, "leaving" if hb.kind == hbp.LEAVING else "alive")
-            self.speaker.recompute_soon()
+    check_interval: float = 600.0
+    """Seconds between full recomputes compared with the incremental plan (0: never)."""
+    announce_settle: float = 2.0
+    announce_rate: float = 20.0
 
 
 class Speaker:
@@ -88,84 +71,243 @@ class Speaker:
         self.opts = opts
         self.client = async_client(opts.kubeconfig, field_manager=f"openelb-speaker-{opts.node}")
         self.recorder = EventRecorder(self.client, "openelb-speaker")
-        self.membership = hbp.Membership(opts.node, timeout=opts.dead_after)
-        self.bad_heartbeats = 0
-        self.services: Informer[Service] = Informer(self.client, Service, self._changed)
-        self.slices: Informer[EndpointSlice] = Informer(self.client, EndpointSlice, self._changed)
+        self.plan = Plan(opts.node)
+        self.endpoints = inputs.EndpointIndex()
+        self.services: Informer[Service] = Informer(self.client, Service, self._service_changed)
+        self.slices: Informer[EndpointSlice] = Informer(self.client, EndpointSlice, self._slice_changed)
         self.nodes: Informer[Node] = Informer(self.client, Node, self._node_changed)
-        self.eips: Informer[Any] = Informer(self.client, Eip, self._changed, name="Eip")
+        self.eips: Informer[Any] = Informer(self.client, Eip, self._eips_changed, name="Eip")
+        self.heartbeats: Heartbeats | None = None
         self.announcer: Layer2Announcer | None = None
+        self.host: hostnet.HostAddresses | None = None
+        self.watcher: hostnet.NetWatcher | None = None
+        self.marks = AnnouncerMarks(
+            self.client,
+            opts.node,
+            self.recorder,
+            self._service,
+            self._owned,
+            settle=opts.announce_settle,
+            rate=opts.announce_rate,
+        )
         self.ready = False
-        self.local: LocalAddresses | None = None
-        self._strict_all = False
-        """False while joining: heard the other speakers yet, claims nothing."""
         self.bgp = (
             BgpMode(self.client, opts.node, self.recorder, self._own_node, opts.bgp_status_interval)
             if opts.enable_bgp
             else None
         )
+        self.counts: Counter[str] = Counter()
         self._scheduled = False
-        self.transport: asyncio.DatagramTransport | None = None
-        self.failovers = 0
-        self._peer_addrs: list[str] = []
-        self._eip_cache: dict[tuple[str, str, str], tuple[str, IPRange] | None] = {}
+        self._peers_dirty = True
+        self._bgp_mine: set[str] = set()
+        self._strict_all = False
+        self._pools_dirty = asyncio.Event()
+        self._net_changed = False
+        self._eip_views: list[EipView] | None = None
+        self._resolved: dict[tuple[str, str, IPRange], str | None] = {}
         self.registry = CollectorRegistry()
-        self.rtt = Histogram(
-            "openelb_speaker_heartbeat_rtt_seconds",
-            "Round-trip time of heartbeat probes to the peers",
-            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
-            registry=self.registry,
+        self.registry.register(SpeakerCollector(self))
+
+    # ---- inputs: one object per event ------------------------------------------------------------
+
+    def _service_changed(self, key: str) -> None:
+        svc = self.services.store.get(key)
+        info = inputs.service_info(svc, self.endpoints.nodes(key)) if svc is not None else None
+        self.plan.set_service(key, info)
+        self._schedule()
+
+    def _slice_changed(self, key: str) -> None:
+        svc_key = self.endpoints.update(key, self.slices.store.get(key))
+        if svc_key is not None and svc_key in self.plan.services:
+            self._service_changed(svc_key)
+
+    def _node_changed(self, key: str) -> None:
+        node = self.nodes.store.get(key)
+        self.plan.set_node(key, inputs.node_info(node) if node is not None else None)
+        self._peers_dirty = True
+        if key == self.opts.node and self.bgp is not None:
+            self.bgp.node_changed()
+        self._schedule()
+
+    def _eips_changed(self, _key: str) -> None:
+        self._pools_dirty.set()
+
+    def _net_events(self) -> None:
+        """A link, address or route changed: `can_reach:` may now resolve to another interface."""
+        self._net_changed = True
+        self._pools_dirty.set()
+
+    def _live_changed(self, alive: frozenset[str]) -> None:
+        self.plan.set_live(alive)
+        self._schedule()
+
+    def _own_node(self) -> desired.NodeInfo | None:
+        node = self.nodes.store.get(self.opts.node)
+        return inputs.node_info(node) if node is not None and node.status is not None else None
+
+    def _service(self, key: str) -> Service | None:
+        return self.services.store.get(key)  # looked up each time: a relist replaces the store
+
+    def _owned(self, ip: str) -> desired.Announcement | None:
+        ann = self.plan.layer2.get(ip)
+        return ann if ann is not None and ann.owner == self.opts.node and self.ready else None
+
+    # ---- pools: Eip specs and interfaces, resolved off the loop --------------------------------
+
+    async def _pools_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._pools_dirty.wait()
+            self._pools_dirty.clear()
+            views = sorted((EipView.from_object(o) for o in self.eips.store.values()), key=lambda v: v.name)
+            net_changed, self._net_changed = self._net_changed, False
+            if views == self._eip_views and not net_changed:
+                continue  # only Eip status changed (the controller's usage writes)
+            self._eip_views = views
+            model = PoolModel(views)
+            if net_changed:
+                self._resolved.clear()
+            interfaces: dict[str, str | None] = {}
+            for pool in model.pools:
+                if pool.protocol == "layer2" and pool.serving and self.opts.enable_layer2:
+                    key = (pool.name, pool.interface, pool.range)
+                    if key not in self._resolved:
+                        self._resolved[key] = await loop.run_in_executor(None, self._resolve, pool)
+                    interfaces[pool.name] = self._resolved[key]
+            for stale in [k for k in self._resolved if k[0] not in interfaces]:
+                del self._resolved[stale]
+            self.plan.set_pools(model, interfaces)
+            self._schedule()
+
+    def _resolve(self, pool: PoolInfo) -> str | None:
+        """On an executor thread: netlink round trips."""
+        try:
+            ifname = hostnet.resolve(pool.interface)
+            subnets = hostnet.subnets(ifname)
+        except OSError as exc:
+            log.warning("eip %s unusable for layer2 on %s: %s", pool.name, self.opts.node, exc)
+            return None
+        rng = pool.range
+        inside = any(
+            n.version == rng.version and int(n.network_address) <= rng.first and rng.last <= int(n.broadcast_address)
+            for n in subnets
         )
-        self._metrics()
+        if not inside:
+            # Served anyway (OpenELB issue #456): clients then need a route to the range via this link.
+            message = (
+                f"{self.opts.node}: {rng} is outside the subnets of {ifname} "
+                f"({', '.join(map(str, subnets)) or 'none'}); answering anyway"
+            )
+            log.warning("%s", message)
+            view = next((v for v in self._eip_views or () if v.name == pool.name), None)
+            obj = self.eips.store.get(pool.name)
+            uid = obj.metadata.uid if obj is not None and obj.metadata else None
+            if view is not None:
+                target = Target("Eip", pool.name, None, uid, api_version=f"{names.GROUP}/{names.VERSION}")
+                self._loop.call_soon_threadsafe(
+                    self.recorder.emit, target, "Warning", "Layer2RangeOutsideSubnet", message
+                )
+        return ifname
 
-    def _metrics(self) -> None:
-        """Exported at scrape time from the responders' counters and the current state."""
-        speaker = self
+    # ---- applying the plan's changes ----------------------------------------------------------
 
-        class Collector:
-            def collect(self) -> Any:
-                owned = GaugeMetricFamily("openelb_speaker_owned_ips", "IPs this node announces", labels=["family"])
-                mine = list(speaker.announcer.owned) if speaker.announcer else []
-                for fam in (4, 6):
-                    owned.add_metric([f"IPv{fam}"], len([ip for ip in mine if ipaddress.ip_address(ip).version == fam]))
-                yield owned
-                for name, doc in (
-                    ("requests_received", "ARP requests and Neighbor Solicitations received for owned IPs"),
-                    ("responses_sent", "ARP replies and Neighbor Advertisements sent"),
-                    ("gratuitous_sent", "gratuitous ARP and unsolicited NA packets sent"),
-                    ("malformed", "frames dropped as malformed or off-link"),
-                ):
-                    c = CounterMetricFamily(f"openelb_layer2_{name}", doc)
-                    c.add_metric([], float(layer2_stats[name]))
-                    yield c
-                c = CounterMetricFamily("openelb_speaker_ownership_gained", "IPs this node took over")
-                c.add_metric([], float(speaker.failovers))
-                yield c
-                c = CounterMetricFamily("openelb_speaker_bad_heartbeats", "heartbeats refused (garbage or wrong key)")
-                c.add_metric([], float(speaker.bad_heartbeats))
-                yield c
-                g = GaugeMetricFamily("openelb_speaker_live_peers", "speakers heard, this one included")
-                g.add_metric([], float(len(speaker.membership.alive())))
-                yield g
-                backend = speaker.bgp.backend if speaker.bgp else None
-                if backend is not None:
-                    labels = ["peer", "address"]
-                    up = GaugeMetricFamily(
-                        "openelb_bgp_session_established", "1 while the session is up", labels=labels
-                    )
-                    paths = GaugeMetricFamily("openelb_bgp_paths_sent", "paths in the Adj-RIB-Out", labels=labels)
-                    bfd = GaugeMetricFamily("openelb_bfd_up", "1 while BFD is Up (peers with BFD)", labels=labels)
-                    flaps = CounterMetricFamily("openelb_bgp_session_flaps", "Established sessions lost", labels=labels)
-                    for st in backend.status():
-                        key = [st.name, st.address]
-                        up.add_metric(key, float(st.state == "ESTABLISHED"))
-                        paths.add_metric(key, float(st.prefixes_sent))
-                        flaps.add_metric(key, float(st.flops))
-                        if st.bfd != "disabled":
-                            bfd.add_metric(key, float(st.bfd == "up"))
-                    yield from (up, paths, bfd, flaps)
+    def _schedule(self) -> None:
+        """A burst of events (a relist, a node death) is applied once, after the burst."""
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._apply)
 
-        self.registry.register(Collector())
+    def _apply(self) -> None:
+        self._scheduled = False
+        if self._peers_dirty or self.plan.peers_changed:
+            self._update_peers()
+        if not self.ready:
+            return  # still JOINING: the plan keeps its changes until we may claim
+        changes = self.plan.take_changes()
+        self.counts["moves"] += changes.owner_moves
+        if changes.layer2 and self.announcer is not None:
+            me = self.opts.node
+            wanted = {
+                ip: (a.interface if a is not None and a.owner == me else None) for ip, a in changes.layer2.items()
+            }
+            gained, lost = self.announcer.apply(wanted)
+            self.counts["gained"] += len(gained)
+            for ip in gained:
+                self.marks.gained(self.plan.layer2[ip])
+            self._log_ips("announcing", gained)
+            self._log_ips("stopped announcing", lost)
+        if changes.bgp and self.bgp is not None:
+            self.bgp.update_routes(changes.bgp)
+            self._claim_bgp(changes.bgp)
+
+    def _log_ips(self, what: str, ips: set[str]) -> None:
+        if len(ips) <= LOG_EACH_IP:
+            for ip in sorted(ips):
+                log.info("%s %s", what, ip)
+        else:
+            log.info("%s %d IPs", what, len(ips))
+
+    def _claim_bgp(self, changes: dict[str, tuple[str, ...] | None]) -> None:
+        """A next hop answers ping on the IP, as in Layer2 mode; strict ARP (as kube-proxy's IPVS
+        strictARP) keeps it from answering ARP for those addresses on any link."""
+        if self.host is None:
+            return
+        me = self.plan.nodes.get(self.opts.node)
+        add, remove = set(), set()
+        for ip, hops in changes.items():
+            addr = me.address(6 if ":" in ip else 4) if me else None
+            if hops and addr in hops:
+                add.add(ip)
+            elif ip in self._bgp_mine:
+                remove.add(ip)
+        if add and not self._strict_all:
+            hostnet.strict_arp("all")
+            self._strict_all = True
+        self._bgp_mine = (self._bgp_mine | add) - remove
+        self.host.update("bgp", add, remove)
+
+    def _update_peers(self) -> None:
+        """Whom to send heartbeats to: everyone in a small cluster; otherwise only the candidates
+        ranked below us for our IPs (bounded by the IPs we may own, not by the cluster size)."""
+        self._peers_dirty = False
+        if self.heartbeats is None:
+            return
+        names_ = self.plan.nodes if self.plan.full_mesh else self.plan.heartbeat_peers()
+        out = []
+        for name in names_:
+            info = self.plan.nodes.get(name)
+            if name == self.opts.node or info is None:
+                continue
+            addr = info.address(4) or (info.addresses[0] if info.addresses else None)
+            if addr:
+                out.append(addr)
+        self.heartbeats.peers = tuple(out)
+
+    # ---- periodic work -------------------------------------------------------------------------
+
+    async def _refresh(self, every: float = 30.0) -> None:
+        """A slow gratuitous refresh heals switches and neighbours that missed the burst."""
+        while True:
+            await asyncio.sleep(every)
+            if self.announcer:
+                self.announcer.refresh()
+
+    async def _check(self) -> None:
+        """Every `check_interval`: a full recompute on an executor thread, compared with the
+        incremental plan (when no input changed meanwhile); a difference is counted, logged and
+        replaced by the full answer."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.opts.check_interval)
+            generation, snap = self.plan.generation, self.plan.snapshot()
+            layer2, bgp = await loop.run_in_executor(None, full, snap)
+            if self.plan.generation != generation:
+                continue  # inputs moved on meanwhile: compare next time
+            self.counts["checks"] += 1
+            if not self.plan.adopt(layer2, bgp):
+                self.counts["inconsistent"] += 1
+                log.error("incremental plan differed from the full recompute; took the full answer (please report)")
+                self._schedule()
 
     async def check_kube_proxy(self) -> str | None:
         """Warn (log + Event on our Node) when kube-proxy runs IPVS without strictARP (seed step 2):
@@ -187,222 +329,20 @@ class Speaker:
         self.recorder.emit(Target("Node", self.opts.node, None, uid), "Warning", "IPVSWithoutStrictARP", message)
         return message
 
-    def _changed(self, _key: str) -> None:
-        self.recompute_soon()
-
-    def _node_changed(self, key: str) -> None:
-        self.recompute_soon()
-        if key == self.opts.node and self.bgp is not None:
-            self.bgp.node_changed()
-
-    def _own_node(self) -> desired.NodeInfo | None:
-        node = self.nodes.store.get(self.opts.node)
-        return inputs.node_infos([node])[0] if node is not None and node.status is not None else None
-
-    def recompute_soon(self) -> None:
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._recompute)
-
-    # ---- inputs --------------------------------------------------------------------------
-
-    def _layer2_eips(self) -> dict[str, tuple[str, IPRange]]:
-        out = {}
-        seen: set[tuple[str, str, str]] = set()
-        for obj in self.eips.store.values():
-            spec = obj.get("spec") or {}
-            md = obj.metadata
-            if spec.get("protocol") != "layer2" or spec.get("disable") or (md and md.deletionTimestamp):
-                continue  # disabled and deleted Eips stop being answered at once
-            key = (md.name, str(spec.get("interface") or ""), str(spec.get("address") or ""))
-            if key not in self._eip_cache:  # resolving may run `ip route get`: once per Eip version
-                self._eip_cache[key] = self._resolve(obj, key[1], key[2])
-            resolved = self._eip_cache[key]
-            if resolved is not None:
-                out[md.name] = resolved
-            seen.add(key)
-        for stale in self._eip_cache.keys() - seen:  # edited or deleted Eips
-            del self._eip_cache[stale]
-        return out
-
-    def _resolve(self, obj: Any, interface: str, address: str) -> tuple[str, IPRange] | None:
-        name = obj.metadata.name
-        try:
-            ifname, rng = resolve_interface(interface), parse_range(address)
-        except (AddressError, OSError, ValueError, subprocess.CalledProcessError) as exc:
-            log.warning("eip %s unusable for layer2 on %s: %s", name, self.opts.node, exc)
-            return None
-        subnets = interface_subnets(ifname)
-        if not any(net.version == rng.version and _within(rng, net) for net in subnets):
-            # Served anyway (OpenELB issue #456): clients then need a route to the range via this link.
-            message = (
-                f"{self.opts.node}: {address} is outside the subnets of {ifname} "
-                f"({', '.join(map(str, subnets)) or 'none'}); answering anyway"
-            )
-            log.warning("%s", message)
-            self.recorder.emit(
-                Target("Eip", name, None, obj.metadata.uid, api_version=f"{names.GROUP}/{names.VERSION}"),
-                "Warning",
-                "Layer2RangeOutsideSubnet",
-                message,
-            )
-        return ifname, rng
-
-    def _service_infos(self) -> list[desired.ServiceInfo]:
-        return inputs.service_infos(self.services.store.values(), self.slices.store.values())
-
-    def _node_infos(self) -> list[desired.NodeInfo]:
-        return inputs.node_infos(self.nodes.store.values())
-
-    # ---- decisions -----------------------------------------------------------------------
-
-    def _recompute(self) -> None:
-        self._scheduled = False
-        if not self.ready:
-            self._update_peers({})  # still JOINING: nothing to claim yet
-            return
-        services = self._service_infos()
-        nodes = self._node_infos()
-        if self.bgp is not None:
-            self._recompute_bgp(services, nodes)
-        if self.announcer is None:
-            self._update_peers({})
-            return
-        eips = self._layer2_eips()
-        in_use: dict[str, tuple[str, list[str]]] = {name: (ifname, []) for name, (ifname, _r) in eips.items()}
-        for svc in services:
-            for ip in svc.ips:
-                for name, (_ifname, rng) in eips.items():
-                    if rng.contains(ip):
-                        in_use[name][1].append(ip)
-        plan = desired.announcements(in_use, services, nodes, self.membership.alive())
-        self._update_peers(plan)
-        mine = {ip: a.interface for ip, a in plan.items() if a.owner == self.opts.node}
-        gained, lost = self.announcer.set_owned(mine)
-        self.failovers += len(gained)
-        for ip in sorted(gained):
-            log.info("announcing %s on %s", ip, mine[ip])
-            asyncio.get_running_loop().create_task(self._mark_announcer(plan[ip]))
-        for ip in sorted(lost):
-            log.info("stopped announcing %s", ip)
-
-    def _recompute_bgp(self, services: list[desired.ServiceInfo], nodes: list[desired.NodeInfo]) -> None:
-        assert self.bgp is not None
-        ranges = []
-        for obj in self.eips.store.values():
-            spec = obj.get("spec") or {}
-            if (spec.get("protocol") or "bgp") != "bgp" or spec.get("disable") or obj.metadata.deletionTimestamp:
-                continue
-            with contextlib.suppress(AddressError, ValueError):
-                ranges.append(parse_range(str(spec.get("address") or "")))
-        ips = {ip for svc in services for ip in svc.ips if any(r.contains(ip) for r in ranges)}
-        # Liveness from heartbeats: a dead node leaves every next-hop set within --dead-after.
-        # Beyond the full-mesh size not every speaker hears every other one: Node Ready decides.
-        live = self.membership.alive() if len(self.nodes.store) <= FULL_MESH_NODES else None
-        hops = desired.bgp_next_hops(ips, services, nodes, live, self.bgp.rack)
-        self.bgp.set_routes(hops)
-        if self.local is not None:
-            # A next hop answers ping on the IP, as in Layer2 mode; strict ARP (as kube-proxy's
-            # IPVS strictARP) keeps it from answering ARP for those addresses on any link.
-            me = next((n for n in nodes if n.name == self.opts.node), None)
-            mine = {ip for ip, hs in hops.items() if me and me.address(6 if ":" in ip else 4) in hs}
-            if mine and not self._strict_all:
-                self.local.strict_arp("all")
-                self._strict_all = True
-            self.local.claim("bgp", mine)
-
-    async def _mark_announcer(self, ann: desired.Announcement) -> None:
-        """After taking over (never before): annotate the Services and record an Event."""
-        for key in ann.services:
-            ns, name = key.split("/", 1)
-            svc = self.services.store.get(key)
-            current = ((svc.metadata.annotations if svc and svc.metadata else None) or {}).get(
-                names.ANNOTATION_LAYER2_ANNOUNCER
-            )
-            if current == self.opts.node:
-                continue
-            try:
-                await self.client.patch(
-                    Service,
-                    name,
-                    {"metadata": {"annotations": {names.ANNOTATION_LAYER2_ANNOUNCER: self.opts.node}}},
-                    namespace=ns,
-                    patch_type=PatchType.MERGE,
-                )
-            except Exception as exc:
-                log.warning("cannot annotate %s: %s", key, exc)
-                continue
-            uid = svc.metadata.uid if svc and svc.metadata else None
-            self.recorder.emit(
-                Target("Service", name, ns, uid),
-                "Normal",
-                "Layer2Announcer",
-                f"{self.opts.node} answers ARP/NDP for {ann.ip} on {ann.interface}",
-            )
-
-    # ---- heartbeats ----------------------------------------------------------------------
-
-    def _update_peers(self, plan: dict[str, desired.Announcement]) -> None:
-        """Whom to send heartbeats to: everyone in a small cluster; otherwise only the candidates
-        ranked below us for our IPs (bounded by the IPs we may own, not by the cluster size)."""
-        wanted = None if len(self.nodes.store) <= FULL_MESH_NODES else desired.heartbeat_peers(plan, self.opts.node)
-        out = []
-        for node in self.nodes.store.values():
-            name = node.metadata.name if node.metadata else None
-            if not name or name == self.opts.node or not node.status or (wanted is not None and name not in wanted):
-                continue
-            addrs = [a.address for a in node.status.addresses or [] if a.type == "InternalIP"]
-            v4 = [a for a in addrs if ipaddress.ip_address(a).version == 4]
-            if v4 or addrs:
-                out.append((v4 or addrs)[0])
-        self._peer_addrs = out
-
-    def _peers(self) -> list[str]:
-        return self._peer_addrs
-
-    def reply(self, probe: hbp.Heartbeat, addr: tuple[str | Any, int]) -> None:
-        if self.transport is not None and probe.node != self.opts.node:
-            msg = hbp.encode(hbp.Heartbeat(self.opts.node, probe.seq, hbp.REPLY), self.opts.key)
-            with contextlib.suppress(OSError):
-                self.transport.sendto(msg, (addr[0], self.opts.port))
-
-    def _send(self, kind: int) -> None:
-        if self.transport is None:
-            return
-        msg = hbp.encode(hbp.Heartbeat(self.opts.node, time.time_ns(), kind), self.opts.key)
-        for peer in self._peers():
-            with contextlib.suppress(OSError):
-                self.transport.sendto(msg, (peer, self.opts.port))
-
-    async def _refresh(self, every: float = 30.0) -> None:
-        """A slow gratuitous refresh heals switches and neighbours that missed the burst."""
-        while True:
-            await asyncio.sleep(every)
-            if self.announcer:
-                self.announcer.refresh()
-
-    async def _heartbeats(self) -> None:
-        probes_every = max(1, round(1.0 / self.opts.interval))  # one RTT probe per peer per second
-        tick = 0
-        while True:
-            tick += 1
-            if tick % probes_every == 0:
-                self._send(hbp.PROBE)
-            # JOINING until this speaker announces: the current owners keep the IPs until then,
-            # so a returning node takes them over make-before-break.
-            self._send(hbp.ALIVE if self.ready else hbp.JOINING)
-            if self.membership.expire(time.monotonic()):
-                self.recompute_soon()
-            await asyncio.sleep(self.opts.interval)
-
-    # ---- lifecycle -----------------------------------------------------------------------
+    # ---- lifecycle -----------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         try:
-            self.transport, _ = await loop.create_datagram_endpoint(
-                lambda: HeartbeatProtocol(self),
-                local_addr=("0.0.0.0", self.opts.port),  # noqa: S104 - node port
+            self.heartbeats = Heartbeats(
+                self.opts.node,
+                self.opts.key,
+                port=self.opts.port,
+                interval=self.opts.interval,
+                dead_after=self.opts.dead_after,
+                loop=loop,
+                on_change=self._live_changed,
+                registry=self.registry,
             )
         except OSError as exc:
             raise CannotListen("speaker heartbeats, --bind-port", f"UDP 0.0.0.0:{self.opts.port}", exc) from exc
@@ -411,21 +351,28 @@ class Speaker:
         if self.bgp is not None:
             informers += self.bgp.informers
         tasks = [asyncio.create_task(i.run()) for i in informers]
+        tasks.append(asyncio.create_task(self._pools_loop()))
         await asyncio.gather(*(i.synced.wait() for i in informers))
         await self.check_kube_proxy()
-        tasks.append(asyncio.create_task(self._heartbeats()))
+        self._update_peers()
+        self.heartbeats.start()
         tasks.append(asyncio.create_task(self._refresh()))
         # Hear the others before claiming anything, so a restart does not briefly grab every IP.
         await asyncio.sleep(self.opts.dead_after)
         if self.opts.local_addresses:
-            self.local = LocalAddresses()
+            self.host = await loop.run_in_executor(None, hostnet.HostAddresses)
+            self.watcher = hostnet.NetWatcher(loop, self._net_events, ignore_index=self.host.index)
         if self.opts.enable_layer2:
-            self.announcer = Layer2Announcer(loop, self.local)
+            self.announcer = Layer2Announcer(loop, self.host)
         self.ready = True
+        self.heartbeats.ready = True
+        tasks.append(asyncio.create_task(self.marks.run()))
+        if self.opts.check_interval > 0:
+            tasks.append(asyncio.create_task(self._check()))
         if self.bgp is not None:
             self.bgp.node_changed()
             tasks.append(asyncio.create_task(self.bgp.run()))
-        self._recompute()
+        self._apply()
         log.info("speaker on %s ready (heartbeat port %d)", self.opts.node, self.opts.port)
         try:
             await stop.wait()
@@ -433,35 +380,22 @@ class Speaker:
             self.ready = False  # no decision or reconfiguration may run while closing
             for t in tasks:
                 t.cancel()
-            self._send(hbp.LEAVING)  # peers take over at once
+            self.heartbeats.leave()  # peers take over at once
             if self.announcer:
                 self.announcer.close()
             if self.bgp is not None:
                 await self.bgp.close(graceful_restart=True)
-            if self.local is not None:
-                self.local.close()
-            self.transport.close()
+            if self.watcher is not None:
+                self.watcher.close()
+            if self.host is not None:
+                await loop.run_in_executor(None, self.host.close)
+            self.heartbeats.close()
             if runner:
                 await runner.cleanup()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1):
                     await self.recorder.flush()
             await self.client.close()
-
-
-def _within(rng: IPRange, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
-    return int(net.network_address) <= rng.first and rng.last <= int(net.broadcast_address)
-
-
-def interface_subnets(ifname: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    out = subprocess.run(["ip", "-j", "addr", "show", "dev", ifname], capture_output=True, text=True, check=False)
-    nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-    for link in json.loads(out.stdout or "[]"):
-        for a in link.get("addr_info", []):
-            net = ipaddress.ip_network(f"{a['local']}/{a['prefixlen']}", strict=False)
-            if not net.is_link_local:
-                nets.append(net)
-    return nets
 
 
 def main(opts: SpeakerOptions) -> None:

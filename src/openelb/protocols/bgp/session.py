@@ -130,6 +130,8 @@ class Session:
         self._keepalive_deadline: float | None = None
         self._routes: dict[Prefix, tuple[str, ...]] = {}
         self._rib_out: dict[Family, dict[tuple[int, Prefix], Attributes]] = {}
+        self._sent_ids: dict[Family, dict[Prefix, set[int]]] = {}
+        """Prefix → the path ids of it in the Adj-RIB-Out: a partial flush finds what to withdraw."""
         self._paths: dict[str, tuple[int, Attributes]] = {}
         self.established_at: float | None = None
         self.closed: Closed | None = None
@@ -207,6 +209,17 @@ class Session:
         if self.state == State.ESTABLISHED:
             self._flush()
 
+    def update_routes(self, changes: Mapping[Prefix, Iterable[str] | None]) -> None:
+        """Intent for some prefixes only (None: withdraw): the UPDATEs cover just those, so a
+        change costs what it touches, not the whole Adj-RIB-Out."""
+        for p, nhs in changes.items():
+            if nhs is None:
+                self._routes.pop(p, None)
+            else:
+                self._routes[p] = tuple(sorted(set(nhs)))
+        if self.state == State.ESTABLISHED:
+            self._flush(only=set(changes))
+
     # ---- outputs --------------------------------------------------------------------------
 
     def data_to_send(self) -> bytes:
@@ -251,12 +264,13 @@ class Session:
                 return [self._fail(c.FSM_ERROR, fsm_subcode, f"{type(msg).__name__} in OPENCONFIRM")]
             self.state = State.ESTABLISHED
             self.established_at = now
-            self._rib_out = {}
+            self._rib_out, self._sent_ids = {}, {}
             self._flush(end_of_rib=True)
             return [Established(self.negotiated)]
         if isinstance(msg, c.RouteRefresh):
             if msg.family in self.negotiated.families:
                 self._rib_out.pop(msg.family, None)  # re-send that family's Adj-RIB-Out
+                self._sent_ids.pop(msg.family, None)
                 self._flush()
             return [RefreshRequested(msg.family)]
         if isinstance(msg, c.Update):
@@ -296,12 +310,13 @@ class Session:
         self._keepalive_deadline = now + keepalive if hold else None
         return []
 
-    def _desired(self) -> dict[Family, dict[tuple[int, Prefix], Attributes]]:
+    def _desired(self, only: set[Prefix] | None = None) -> dict[Family, dict[tuple[int, Prefix], Attributes]]:
         neg = self.negotiated
         assert neg is not None
         cfg = self.config
         out: dict[Family, dict[tuple[int, Prefix], Attributes]] = {f: {} for f in neg.families}
-        for prefix, next_hops in self._routes.items():
+        items = self._routes.items() if only is None else ((p, self._routes[p]) for p in only if p in self._routes)
+        for prefix, next_hops in items:
             fam = family_of(prefix)
             if fam not in neg.families:
                 continue
@@ -332,18 +347,29 @@ class Session:
             path = self._paths[next_hop] = (c.fnv32a(next_hop), attrs)
         return path
 
-    def _flush(self, end_of_rib: bool = False) -> None:
+    def _flush(self, end_of_rib: bool = False, only: set[Prefix] | None = None) -> None:
+        """Send what differs between intent and the Adj-RIB-Out: everything, or `only` those prefixes."""
         neg = self.negotiated
         assert neg is not None
-        for fam, wanted in self._desired().items():
+        for fam, wanted in self._desired(only).items():
             sent = self._rib_out.setdefault(fam, {})
             add_path = fam in neg.add_path
-            gone = [k for k in sent if k not in wanted]
+            if only is None:
+                gone = [k for k in sent if k not in wanted]
+            else:  # the paths of the touched prefixes: one index per prefix, kept with the RIB
+                known = self._sent_ids.get(fam, {})
+                gone = [(i, p) for p in only for i in known.get(p, ()) if (i, p) not in wanted]
             for msg in c.encode_updates(fam, None, withdrawn=gone, add_path=add_path, as4=neg.as4) if gone else ():
                 self._send(c.UPDATE, msg)
             self.counters.sent["withdrawPrefix"] += len(gone)
+            index = self._sent_ids.setdefault(fam, {})
             for k in gone:
                 del sent[k]
+                ids = index.get(k[1])
+                if ids is not None:
+                    ids.discard(k[0])
+                    if not ids:
+                        del index[k[1]]
             by_attrs: dict[Attributes, list[tuple[int, Prefix]]] = {}
             for k, attrs in wanted.items():
                 if sent.get(k) != attrs:
@@ -353,6 +379,8 @@ class Session:
                 for msg in c.encode_updates(fam, attrs, nlri=keys, add_path=add_path, as4=neg.as4):
                     self._send(c.UPDATE, msg)
                 sent.update(dict.fromkeys(keys, attrs))
+                for path_id, prefix in keys:
+                    index.setdefault(prefix, set()).add(path_id)
             if end_of_rib:
                 for msg in c.encode_updates(fam, None):
                     self._send(c.UPDATE, msg)

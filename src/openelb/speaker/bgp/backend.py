@@ -61,6 +61,8 @@ class BgpBackend(Protocol):
 
     def set_routes(self, routes: Mapping[Prefix, tuple[str, ...]]) -> None: ...
 
+    def update_routes(self, changes: Mapping[Prefix, tuple[str, ...] | None]) -> None: ...
+
     def status(self) -> list[PeerStatus]: ...
 
     def set_bfd_state(self, address: str, state: str) -> None: ...
@@ -243,10 +245,14 @@ class PeerRunner:
             self._backoff()
         self._wake.set()
 
-    def push_routes(self) -> None:
+    def push_routes(self, changes: Mapping[Prefix, tuple[str, ...] | None] | None = None) -> None:
+        """All routes, or only `changes` (prefix → next hops, None = withdrawn)."""
         conn = self.established()
         if conn is not None:
-            conn.session.set_routes(self._routes())
+            if changes is None:
+                conn.session.set_routes(self._routes())
+            else:
+                conn.session.update_routes(changes)
             conn.poke()
 
     def bfd_changed(self, state: str) -> None:
@@ -405,6 +411,17 @@ class InProcessBackend:
         self.routes = dict(routes)
         for runner in self.peers.values():
             runner.push_routes()
+
+    def update_routes(self, changes: Mapping[Prefix, tuple[str, ...] | None]) -> None:
+        if not changes:
+            return
+        for prefix, hops in changes.items():
+            if hops is None:
+                self.routes.pop(prefix, None)
+            else:
+                self.routes[prefix] = hops
+        for runner in self.peers.values():
+            runner.push_routes(changes)
 
     def set_bfd_state(self, address: str, state: str) -> None:
         runner = self.peers.get(address)

@@ -75,12 +75,17 @@ class BgpMode:
         """Labels (rack, node selectors) or addresses may have changed."""
         self._dirty.set()
 
-    def set_routes(self, next_hops: Mapping[str, tuple[str, ...]]) -> None:
-        """Kept here too: the backend is created on the first reconfiguration, which may come
-        after the speaker's first decision."""
-        self._routes = {parse_prefix(ip): hops for ip, hops in next_hops.items()}
+    def update_routes(self, changes: Mapping[str, tuple[str, ...] | None]) -> None:
+        """IP → its next hops now (None: withdrawn). Kept here too: the backend is created on the
+        first reconfiguration, which may come after the speaker's first decision."""
+        delta = {parse_prefix(ip): hops for ip, hops in changes.items()}
+        for prefix, hops in delta.items():
+            if hops is None:
+                self._routes.pop(prefix, None)
+            else:
+                self._routes[prefix] = hops
         if self.backend is not None:
-            self.backend.set_routes(self._routes)
+            self.backend.update_routes(delta)
 
     async def run(self) -> None:
         tasks = [asyncio.create_task(self._status_loop())]

@@ -1,0 +1,82 @@
+"""The speaker's Prometheus metrics, read at scrape time from the components' own counters."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from openelb.speaker.layer2 import stats as layer2_stats
+
+if TYPE_CHECKING:
+    from openelb.speaker.main import Speaker
+
+LAYER2_COUNTERS = (
+    ("requests_received", "ARP requests and Neighbor Solicitations received for owned IPs"),
+    ("responses_sent", "ARP replies and Neighbor Advertisements sent"),
+    ("gratuitous_sent", "gratuitous ARP and unsolicited NA packets sent"),
+    ("malformed", "frames dropped as malformed or off-link"),
+)
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    c = CounterMetricFamily(name, doc)
+    c.add_metric([], value)
+    return c
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    g = GaugeMetricFamily(name, doc)
+    g.add_metric([], value)
+    return g
+
+
+class SpeakerCollector:
+    def __init__(self, speaker: Speaker) -> None:
+        self.speaker = speaker
+
+    def collect(self) -> Iterator[Metric]:
+        sp = self.speaker
+        owned = GaugeMetricFamily("openelb_speaker_owned_ips", "IPs this node announces", labels=["family"])
+        mine = list(sp.announcer.owned) if sp.announcer else []
+        v6 = sum(1 for ip in mine if ":" in ip)
+        owned.add_metric(["IPv4"], len(mine) - v6)
+        owned.add_metric(["IPv6"], v6)
+        yield owned
+        for name, doc in LAYER2_COUNTERS:
+            yield _counter(f"openelb_layer2_{name}", doc, float(layer2_stats[name]))
+        yield _counter("openelb_speaker_ownership_gained", "IPs this node took over", float(sp.counts["gained"]))
+        yield _counter(
+            "openelb_speaker_owner_moves",
+            "Layer2 IPs whose owner moved from one node to another, as this speaker decided",
+            float(sp.counts["moves"]),
+        )
+        yield _counter(
+            "openelb_speaker_plan_checks", "periodic comparisons of the incremental plan with a full recompute",
+            float(sp.counts["checks"]),
+        )  # fmt: skip
+        yield _counter(
+            "openelb_speaker_plan_inconsistencies", "checks where the incremental plan differed (then replaced)",
+            float(sp.counts["inconsistent"]),
+        )  # fmt: skip
+        yield _counter(
+            "openelb_speaker_announcer_writes", "Service announcer annotations written", float(sp.marks.writes)
+        )
+        alive = sp.heartbeats.alive if sp.heartbeats else frozenset({sp.opts.node})
+        yield _gauge("openelb_speaker_live_peers", "speakers heard, this one included", float(len(alive)))
+        backend = sp.bgp.backend if sp.bgp else None
+        if backend is not None:
+            labels = ["peer", "address"]
+            up = GaugeMetricFamily("openelb_bgp_session_established", "1 while the session is up", labels=labels)
+            paths = GaugeMetricFamily("openelb_bgp_paths_sent", "paths in the Adj-RIB-Out", labels=labels)
+            bfd = GaugeMetricFamily("openelb_bfd_up", "1 while BFD is Up (peers with BFD)", labels=labels)
+            flaps = CounterMetricFamily("openelb_bgp_session_flaps", "Established sessions lost", labels=labels)
+            for st in backend.status():
+                key = [st.name, st.address]
+                up.add_metric(key, float(st.state == "ESTABLISHED"))
+                paths.add_metric(key, float(st.prefixes_sent))
+                flaps.add_metric(key, float(st.flops))
+                if st.bfd != "disabled":
+                    bfd.add_metric(key, float(st.bfd == "up"))
+            yield from (up, paths, bfd, flaps)

@@ -1,0 +1,67 @@
+"""Heartbeats run on their own thread: a stalled event loop does not make peers look dead."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from prometheus_client import CollectorRegistry
+
+from openelb.protocols import heartbeat as hbp
+from openelb.speaker.liveness import Heartbeats
+
+KEY = b"test-key"
+
+
+def busy(seconds: float) -> int:
+    """Pure-Python work holding the loop (as a big relist or a full recompute would)."""
+    n, end = 0, time.monotonic() + seconds
+    while time.monotonic() < end:
+        n += sum(range(200))
+    return n
+
+
+def test_a_blocked_loop_neither_delays_heartbeats_nor_expires_peers() -> None:
+    async def scenario() -> tuple[list[frozenset[str]], float, float]:
+        loop = asyncio.get_running_loop()
+        seen: list[frozenset[str]] = []
+        regs = [CollectorRegistry(), CollectorRegistry()]
+        port = 17946
+        a = Heartbeats("a", KEY, port=port, interval=0.05, dead_after=0.2, loop=loop, on_change=seen.append,
+                       registry=regs[0], bind="127.0.0.1")  # fmt: skip
+        b = Heartbeats("b", KEY, port=port, interval=0.05, dead_after=0.2, loop=loop, on_change=lambda _s: None,
+                       registry=regs[1], bind="127.0.0.2")  # fmt: skip
+        a.peers, b.peers = ("127.0.0.2",), ("127.0.0.1",)
+        a.ready = b.ready = True
+        a.start()
+        b.start()
+        try:
+            for _ in range(100):  # until a hears b
+                await asyncio.sleep(0.02)
+                if "b" in a.alive:
+                    break
+            assert "b" in a.alive
+            busy(1.5)  # 1.5 s without yielding to the loop: 7x dead_after
+            await asyncio.sleep(0.1)  # let the thread's notifications run
+            expired = regs[0].get_sample_value("openelb_speaker_peers_expired_total") or 0.0
+            count = regs[0].get_sample_value("openelb_speaker_heartbeat_lateness_seconds_count") or 0.0
+            late = count - (
+                regs[0].get_sample_value("openelb_speaker_heartbeat_lateness_seconds_bucket", {"le": "0.05"}) or 0.0
+            )
+            return seen, expired, late
+        finally:
+            a.close()
+            b.close()
+
+    seen, expired, late = asyncio.run(scenario())
+    assert expired == 0, "a peer expired while only the event loop was busy"
+    assert all("b" in s for s in seen[-1:]), seen
+    assert late == 0, f"{late} heartbeat rounds went out more than 50 ms late"
+
+
+def test_leaving_removes_the_node_at_once_and_replays_are_refused() -> None:
+    m = hbp.Membership("a", timeout=0.2)
+    assert m.receive(hbp.Heartbeat("b", 10), 0.0)
+    assert not m.receive(hbp.Heartbeat("b", 10), 0.01)  # replay
+    assert m.receive(hbp.Heartbeat("b", 11, hbp.LEAVING), 0.02)
+    assert m.alive() == {"a"}
