@@ -183,7 +183,7 @@ def test_killed_owner_fails_over_within_a_second(
     # the DaemonSet would restart it: the restarted speaker starts clean and the owner stays unique
     kc = Paths(lab.state_dir()).kubeconfig("admin")
     speakers[owner] = SpeakerProcess(owner, lab_plan.node(owner).netns, kc)
-    time.sleep(2)
+    wait_live_peers(speakers, [str(n.lan_v4) for n in lab_plan.nodes])  # back, and heard as ALIVE
     macs = arping_macs(lab_plan.client.netns, seed)
     assert len(set(macs)) == 1
 

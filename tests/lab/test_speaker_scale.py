@@ -66,6 +66,27 @@ async def create_services(kubeconfig: Path, count: int, concurrency: int = 16) -
         await client.close()
 
 
+async def watch_writes(kubeconfig: Path, rv: str, seconds: float) -> list[tuple[str, str]]:
+    """Every write to a Service of the namespace during `seconds` (lightkube's watch resumes by
+    itself when the server ends it: only a timeout around it ends the window)."""
+    client = async_client(str(kubeconfig))
+    seen: list[tuple[str, str]] = []
+
+    async def collect() -> None:
+        async for event, svc in client.watch(Service, namespace=NS, resource_version=rv):
+            if event != "BOOKMARK":
+                seen.append((event, svc.metadata.name if svc.metadata else "?"))
+
+    try:
+        async with asyncio.timeout(seconds):
+            await collect()
+    except TimeoutError:
+        pass
+    finally:
+        await client.close()
+    return seen
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -129,13 +150,7 @@ def test_thousands_of_layer2_services_at_rest(
         assert len(list(listing)) == SERVICES
         rv = listing.resourceVersion  # type: ignore[attr-defined]
         # The quiet window: nothing changes in the cluster, so nothing may change in OpenELB.
-        writes = []
-        end = time.monotonic() + QUIET
-        for event, svc in kube.watch(Service, namespace=NS, resource_version=rv, server_timeout=int(QUIET) + 1):
-            if event != "BOOKMARK":
-                writes.append((event, svc.metadata.name if svc.metadata else "?"))
-            if time.monotonic() >= end:
-                break
+        writes = asyncio.run(watch_writes(kc, rv, QUIET))
         cpu = {n: (cpu_seconds(pid) - cpu0[n]) / QUIET for n, pid in pids.items()}
         after = counters(lab_plan)
         rss = {n: rss_mb(pid) for n, pid in pids.items()}

@@ -1,15 +1,21 @@
-"""Speaker heartbeats on a thread of their own: nothing the control path does can delay them.
+"""Speaker heartbeats in a process of their own: nothing the control path does can delay them.
 
-The event loop carries informers, decisions, netlink queues and API writes; a slow moment there
-(a relist of 10,000 Services, a big ownership change) once delayed heartbeats past `--dead-after`,
-peers declared this node dead and IPs failed over although nothing had failed. Here send, receive
-and expiry run on one thread with a blocking socket. The loop's work can delay this thread only by
-holding the GIL, which CPython hands over every `sys.getswitchinterval()` (5 ms) of bytecode, so
-the lateness is bounded by a few switch intervals, not by what the loop is doing; the
-`openelb_speaker_heartbeat_lateness_seconds` histogram measures it.
+The speaker's event loop carries informers, decisions, netlink queues and API writes. Heartbeats
+on that loop went late whenever it was busy, peers declared the node dead and IPs failed over
+although nothing had failed. A thread is not enough either: it shares the GIL with the loop, and
+on a loaded machine (measured in the 3-node lab while 1,500 Services were created: rounds 400-650
+ms late on every speaker at once) the thread waits for a GIL holder that the kernel has
+preempted. So send, receive and expiry run in a small child process (no informer, no
+Kubernetes client) that mostly sleeps, and the kernel wakes it promptly. The parent talks to it
+over a pipe: peers and readiness down, the live set and measurements up.
 
-The membership itself (`protocols.heartbeat.Membership`) is sans-IO and touched only by this
-thread; the loop gets a snapshot of the live set whenever it changes.
+A child that keeps saying ALIVE for a hung speaker would hide a real failure: the parent sends a
+tick every `TICK` seconds, and a child that hears none for `watchdog` seconds goes silent until
+it does, so a speaker whose loop is stuck still fails over (after `watchdog`, not `dead_after`).
+The child exits when the parent is gone (its end of the pipe closes).
+
+The membership itself (`protocols.heartbeat.Membership`) is sans-IO and lives in the child
+(`speaker.liveness_child`).
 """
 
 from __future__ import annotations
@@ -17,20 +23,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import select
+import multiprocessing
 import socket
-import threading
-import time
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from openelb.protocols import heartbeat as hbp
+from openelb.speaker.liveness_child import TICK, Config, Report
 
 log = logging.getLogger("openelb.speaker.liveness")
 
 
 class Heartbeats:
+    """The parent's handle: same interface whatever runs the heartbeats."""
+
     def __init__(
         self,
         node: str,
@@ -43,26 +53,26 @@ class Heartbeats:
         on_change: Callable[[frozenset[str]], None],
         registry: CollectorRegistry,
         bind: str = "0.0.0.0",  # noqa: S104 - the node's heartbeat port
+        watchdog: float = 3.0,
     ) -> None:
         self.node = node
-        self.key = key
-        self.port = port
-        self.interval = interval
         self.loop = loop
         self.on_change = on_change
-        self.membership = hbp.Membership(node, timeout=dead_after)
+        self.cfg = Config(node, key, port, interval, dead_after, bind, watchdog)
         self.alive: frozenset[str] = frozenset({node})
-        """The last live set handed to the loop (read by metrics)."""
-        self.peers: Sequence[str] = ()
-        """Addresses to send to; replaced (never mutated) by the loop thread."""
-        self.ready = False
-        """JOINING until the speaker announces: the current owners keep the IPs until then, so a
-        returning node takes them over make-before-break."""
+        """The last live set reported (read by metrics)."""
+        # Bound here, so a port in use fails the speaker at once (CannotListen) as before.
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((bind, port))  # OSError goes to the caller (CannotListen)
+        self.sock.bind((bind, port))
         self.sock.setblocking(False)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._peers: tuple[str, ...] = ()
+        self._ready = False
+        self._conn: Connection | None = None
+        self._proc: Any = None
+        self._ticker: asyncio.TimerHandle | None = None
+        self.settled = asyncio.Event()
+        """Set once the child has listened for `dead_after`: only then may the speaker claim IPs,
+        or a restart would briefly grab every IP it is a candidate for."""
         self.rtt = Histogram(
             "openelb_speaker_heartbeat_rtt_seconds",
             "Round-trip time of heartbeat probes to the peers",
@@ -85,79 +95,94 @@ class Heartbeats:
         )
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="openelb-heartbeats", daemon=True)
-        self._thread.start()
+        # A fresh interpreter (no loop, threads or locks inherited), started by module name so it
+        # never re-imports whatever the speaker's own main module is.
+        parent, child = multiprocessing.Pipe()
+        fds = (self.sock.fileno(), child.fileno())
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "openelb.speaker.liveness_child", *map(str, fds)], pass_fds=fds, close_fds=True
+        )
+        child.close()
+        self._conn = parent
+        parent.send(self.cfg)
+        self._send("peers", self._peers)
+        self._send("ready", self._ready)
+        self.loop.add_reader(parent.fileno(), self._readable)
+        self._tick()
 
-    def _run(self) -> None:
-        probes_every = max(1, round(1.0 / self.interval))  # one RTT probe per peer per second
-        tick = 0
-        due = time.monotonic()
-        while not self._stop.is_set():
-            now = time.monotonic()
-            if now >= due:
-                self.lateness.observe(now - due)
-                tick += 1
-                if tick % probes_every == 0:
-                    self._send(hbp.PROBE)
-                self._send(hbp.ALIVE if self.ready else hbp.JOINING)
-                dead = self.membership.expire(now)
-                if dead:
-                    self.expired.inc(len(dead))
-                    log.info("membership: %s stopped sending heartbeats", ", ".join(sorted(dead)))
-                    self._changed()
-                due += self.interval
-                if due < now:  # we were held up: do not send a burst to catch up
-                    due = now + self.interval
-            try:
-                readable, _, _ = select.select([self.sock], [], [], max(0.0, due - time.monotonic()))
-            except (OSError, ValueError):
-                return  # closed
-            if readable:
-                self._receive(time.monotonic())
+    def _tick(self) -> None:
+        self._send("tick", None)
+        self._ticker = self.loop.call_later(TICK, self._tick)
 
-    def _receive(self, now: float) -> None:
-        for _ in range(256):
+    def _send(self, cmd: str, arg: object) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(OSError, BrokenPipeError):
+                self._conn.send((cmd, arg))
+
+    @property
+    def peers(self) -> tuple[str, ...]:
+        return self._peers
+
+    @peers.setter
+    def peers(self, addrs: Sequence[str]) -> None:
+        new = tuple(addrs)
+        if new != self._peers:
+            self._peers = new
+            self._send("peers", new)
+
+    @property
+    def ready(self) -> bool:
+        """JOINING until the speaker announces: the current owners keep the IPs until then, so a
+        returning node takes them over make-before-break."""
+        return self._ready
+
+    @ready.setter
+    def ready(self, value: bool) -> None:
+        self._ready = value
+        self._send("ready", value)
+
+    def _readable(self) -> None:
+        assert self._conn is not None
+        while self._conn.poll():
             try:
-                data, addr = self.sock.recvfrom(512)
-            except (BlockingIOError, InterruptedError):
+                rep: Report = self._conn.recv()
+            except (EOFError, OSError):
+                self.loop.remove_reader(self._conn.fileno())
+                log.error("heartbeat process ended (exit code %s)", self._proc.poll() if self._proc else None)
                 return
-            except OSError:
-                return
-            try:
-                hb = hbp.decode(data, self.key)
-            except hbp.HeartbeatError:
-                self.bad.inc()
-                continue
-            if hb.kind == hbp.PROBE:
-                if hb.node != self.node:
-                    reply = hbp.encode(hbp.Heartbeat(self.node, hb.seq, hbp.REPLY), self.key)
-                    with contextlib.suppress(OSError):
-                        self.sock.sendto(reply, (addr[0], self.port))
-            elif hb.kind == hbp.REPLY:
-                self.rtt.observe(max(0, time.time_ns() - hb.seq) / 1e9)
-            elif self.membership.receive(hb, now):
-                log.info("membership: %s is %s", hb.node, "leaving" if hb.kind == hbp.LEAVING else "alive")
-                self._changed()
-
-    def _changed(self) -> None:
-        alive = frozenset(self.membership.alive())
-        self.alive = alive
-        with contextlib.suppress(RuntimeError):  # the loop is closing
-            self.loop.call_soon_threadsafe(self.on_change, alive)
-
-    def _send(self, kind: int) -> None:
-        msg = hbp.encode(hbp.Heartbeat(self.node, time.time_ns(), kind), self.key)
-        for peer in self.peers:
-            with contextlib.suppress(OSError):
-                self.sock.sendto(msg, (peer, self.port))
+            for line in rep.logs:
+                log.log(logging.WARNING if " late" in line else logging.INFO, "%s", line)
+            for v in rep.lateness:
+                self.lateness.observe(v)
+            for v in rep.rtt:
+                self.rtt.observe(v)
+            if rep.bad:
+                self.bad.inc(rep.bad)
+            if rep.expired:
+                self.expired.inc(rep.expired)
+            if rep.alive is not None and rep.alive != self.alive:
+                self.alive = rep.alive
+                self.on_change(rep.alive)
+            if rep.settled:
+                self.settled.set()
 
     def leave(self) -> None:
         """Say LEAVING: the peers take over at once instead of waiting for `dead_after`."""
-        self.ready = False
-        self._send(hbp.LEAVING)
+        self._ready = False
+        self._send("leave", None)
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2)
+        if self._ticker is not None:
+            self._ticker.cancel()
+        self._send("stop", None)
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(timeout=2)
+        if self._conn is not None:
+            with contextlib.suppress(ValueError, OSError):
+                self.loop.remove_reader(self._conn.fileno())
+            self._conn.close()
         self.sock.close()

@@ -358,7 +358,7 @@ class Speaker:
         self.heartbeats.start()
         tasks.append(asyncio.create_task(self._refresh()))
         # Hear the others before claiming anything, so a restart does not briefly grab every IP.
-        await asyncio.sleep(self.opts.dead_after)
+        await asyncio.wait_for(self.heartbeats.settled.wait(), 30)
         if self.opts.local_addresses:
             self.host = await loop.run_in_executor(None, hostnet.HostAddresses)
             self.watcher = hostnet.NetWatcher(loop, self._net_events, ignore_index=self.host.index)

@@ -1,0 +1,180 @@
+"""The heartbeat loop that runs in the speaker's child process (see `speaker.liveness`).
+
+Kept apart and light (stdlib and the sans-IO membership only), so the child starts in a fraction
+of a second and holds little memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+
+from openelb.protocols import heartbeat as hbp
+
+TICK = 0.5
+REPORT_EVERY = 1.0
+
+
+@dataclass
+class Config:
+    node: str
+    key: bytes
+    port: int
+    interval: float
+    dead_after: float
+    bind: str
+    watchdog: float
+
+
+@dataclass
+class Report:
+    """Child → parent, every `REPORT_EVERY` s and on every membership change."""
+
+    alive: frozenset[str] | None = None
+    settled: bool = False
+    """Sent once, `dead_after` after the child started: it has heard whoever is there."""
+    lateness: list[float] = field(default_factory=list)
+    rtt: list[float] = field(default_factory=list)
+    bad: int = 0
+    expired: int = 0
+    logs: list[str] = field(default_factory=list)
+
+
+class Child:
+    """The heartbeat loop: blocking socket, one select with the next send as timeout."""
+
+    def __init__(self, cfg: Config, conn: Connection, sock: socket.socket) -> None:
+        self.cfg = cfg
+        self.conn = conn
+        self.sock = sock
+        self.membership = hbp.Membership(cfg.node, timeout=cfg.dead_after)
+        self.peers: Sequence[str] = ()
+        self.ready = False
+        self.last_tick = time.monotonic()
+        self.report = Report()
+
+    def run(self) -> None:
+        cfg = self.cfg
+        probes_every = max(1, round(1.0 / cfg.interval))  # one RTT probe per peer per second
+        tick = 0
+        due = time.monotonic()
+        next_report = due + REPORT_EVERY
+        settle_at: float | None = due + cfg.dead_after
+        while True:
+            now = time.monotonic()
+            if settle_at is not None and now >= settle_at:
+                settle_at = None
+                self.report.settled = True
+                self._changed()
+            if now >= due:
+                self.report.lateness.append(now - due)
+                if now - due > cfg.interval:
+                    self.report.logs.append(f"heartbeats {(now - due) * 1e3:.0f} ms late")
+                tick += 1
+                if now - self.last_tick < cfg.watchdog:  # the speaker itself is alive
+                    if tick % probes_every == 0:
+                        self._send(hbp.PROBE)
+                    self._send(hbp.ALIVE if self.ready else hbp.JOINING)
+                dead = self.membership.expire(now)
+                if dead:
+                    self.report.expired += len(dead)
+                    self.report.logs.append(f"membership: {', '.join(sorted(dead))} stopped sending heartbeats")
+                    self._changed()
+                due += cfg.interval
+                if due < now:  # held up: no burst to catch up
+                    due = now + cfg.interval
+            if now >= next_report:
+                self._flush()
+                next_report = now + REPORT_EVERY
+            timeout = max(0.0, min(due, next_report) - time.monotonic())
+            sock_fd, conn_fd = self.sock.fileno(), self.conn.fileno()
+            readable, _, _ = select.select([sock_fd, conn_fd], [], [], timeout)
+            if conn_fd in readable and not self._commands():
+                return
+            if sock_fd in readable:
+                self._receive(time.monotonic())
+
+    def _commands(self) -> bool:
+        """Apply what the parent sent; False when it is gone or says stop."""
+        while self.conn.poll():
+            try:
+                cmd, arg = self.conn.recv()
+            except (EOFError, OSError):
+                return False
+            self.last_tick = time.monotonic()
+            if cmd == "peers":
+                self.peers = tuple(arg)
+            elif cmd == "ready":
+                self.ready = bool(arg)
+            elif cmd == "leave":
+                self.ready = False
+                self._send(hbp.LEAVING)
+            elif cmd == "stop":
+                return False
+        return True
+
+    def _receive(self, now: float) -> None:
+        for _ in range(256):
+            try:
+                data, addr = self.sock.recvfrom(512)
+            except OSError:  # BlockingIOError: drained
+                return
+            try:
+                hb = hbp.decode(data, self.cfg.key)
+            except hbp.HeartbeatError:
+                self.report.bad += 1
+                continue
+            if hb.kind == hbp.PROBE:
+                if hb.node != self.cfg.node:
+                    reply = hbp.encode(hbp.Heartbeat(self.cfg.node, hb.seq, hbp.REPLY), self.cfg.key)
+                    with contextlib.suppress(OSError):
+                        self.sock.sendto(reply, (addr[0], self.cfg.port))
+            elif hb.kind == hbp.REPLY:
+                self.report.rtt.append(max(0, time.time_ns() - hb.seq) / 1e9)
+            elif self.membership.receive(hb, now):
+                self.report.logs.append(f"membership: {hb.node} is {'leaving' if hb.kind == hbp.LEAVING else 'alive'}")
+                self._changed()
+
+    def _changed(self) -> None:
+        self.report.alive = frozenset(self.membership.alive())
+        self._flush()
+
+    def _flush(self) -> None:
+        if time.monotonic() - self.last_tick > self.cfg.watchdog:
+            # The parent is not reading: a full pipe would block this loop. Keep the news, bounded.
+            del self.report.lateness[:-1000], self.report.rtt[:-1000], self.report.logs[:-100]
+            return
+        with contextlib.suppress(OSError):
+            self.conn.send(self.report)
+        self.report = Report()
+
+    def _send(self, kind: int) -> None:
+        msg = hbp.encode(hbp.Heartbeat(self.cfg.node, time.time_ns(), kind), self.cfg.key)
+        for peer in self.peers:
+            with contextlib.suppress(OSError):
+                self.sock.sendto(msg, (peer, self.cfg.port))
+
+
+def main(argv: Sequence[str]) -> None:
+    """`python -m openelb.speaker.liveness_child SOCKET_FD PIPE_FD`: the configuration (with the
+    key, so never on the command line) is the first message on the pipe."""
+    conn = Connection(int(argv[1]))
+    sock = socket.socket(fileno=int(argv[0]))
+    cfg = conn.recv()
+    with contextlib.suppress(KeyboardInterrupt):
+        Child(cfg, conn, sock).run()
+
+
+if __name__ == "__main__":
+    import sys
+
+    # Through the module's own name: what goes over the pipe must pickle as
+    # openelb.speaker.liveness_child.Report, not __main__.Report.
+    from openelb.speaker import liveness_child
+
+    liveness_child.main(sys.argv[1:])
