@@ -17,6 +17,10 @@ def _lab_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     up = cmds.add_parser("up", help="start the lab (idempotent)")
     up.add_argument("--nodes", type=int, default=3, help="number of emulated nodes (default 3)")
     up.add_argument("--proxy-mode", choices=("nftables", "iptables"), default="nftables")
+    up.add_argument(
+        "--full-nodes", type=int, default=3,
+        help="nodes beyond this many are light: Node + namespace on the LAN + agent, no kube-proxy, no Pods",
+    )  # fmt: skip
     cmds.add_parser("down", help="stop and remove everything the lab created")
     st = cmds.add_parser("status", help="show components and nodes")
     st.add_argument("-o", "--output", choices=("text", "json"), default="text")
@@ -68,6 +72,10 @@ def _openelb_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     sp.add_argument("--heartbeat-interval", type=float, default=0.05, help="seconds between heartbeats")
     sp.add_argument("--dead-after", type=float, default=0.2, help="seconds without heartbeat = dead")
     sp.add_argument("--metrics-addr", default="0.0.0.0:50053", help="Prometheus metrics; empty to disable")
+    sp.add_argument(
+        "--check-interval", type=float, default=600.0,
+        help="seconds between full recomputes compared with the incremental plan (0: never)",
+    )  # fmt: skip
 
 
 def _run_controller(args: argparse.Namespace) -> int:
@@ -111,6 +119,7 @@ def _run_speaker(args: argparse.Namespace) -> int:
             enable_bgp=args.enable_bgp == "true",
             bgp_status_interval=args.bgp_status_interval,
             metrics_addr=args.metrics_addr,
+            check_interval=args.check_interval,
         )
     )
     return 0
@@ -121,7 +130,7 @@ def _run_lab(args: argparse.Namespace) -> int:
 
     cmd = args.lab_cmd
     if cmd == "up":
-        lab.up(args.nodes, args.proxy_mode)
+        lab.up(args.nodes, args.proxy_mode, full_nodes=args.full_nodes)
     elif cmd == "down":
         lab.down()
     elif cmd == "status":

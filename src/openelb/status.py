@@ -21,6 +21,7 @@ from lightkube.resources.discovery_v1 import EndpointSlice
 from openelb.api import names
 from openelb.api.eip import EipView
 from openelb.controller.servicepolicy import Policy, is_ours, status_ips
+from openelb.ipam.pools import PoolModel
 from openelb.ipam.ranges import AddressError, parse_range
 from openelb.kube.resources import BgpPeer, Eip
 from openelb.speaker import desired, inputs
@@ -72,16 +73,16 @@ class Snapshot:
 def collect(client: Client, policy: Policy | None = None) -> Snapshot:
     policy = policy or Policy()
     snap = Snapshot()
-    protocol_of: dict[str, str] = {}
+    views = []
     for obj in client.list(Eip):
         view = EipView.from_object(obj)
+        views.append(view)
         status = obj.get("status") or {}
         try:
             rng = parse_range(view.address)
             family, size = f"IPv{rng.version}", rng.size
         except AddressError:
             family, size = "?", 0
-        protocol_of[view.name] = view.protocol
         snap.pools.append(
             PoolRow(
                 view.name,
@@ -95,15 +96,19 @@ def collect(client: Client, policy: Policy | None = None) -> Snapshot:
                 bool(status.get("ready", False)),
             )
         )
+    # The pool an IP is announced through, by the rules the controller and the speakers share.
+    model = PoolModel(views)
     reasons = _pending_reasons(client)
     services = list(client.list(Service, namespace="*"))
-    hops = _bgp_next_hops(client, services, [p for p in snap.pools if p.protocol == "bgp" and not p.disabled])
+    hops = _bgp_next_hops(client, services, model)
     for svc in services:
         md = svc.metadata
         if md is None or not (is_ours(svc, policy) or names.LABEL_POOL in (md.labels or {})):
             continue
         ips = [str(ip) for ip in status_ips(svc)]
-        pool = (md.labels or {}).get(names.LABEL_POOL, "")
+        pools = [p for p in (model.pool_of(ip) for ip in ips) if p is not None]
+        pool = pools[0].name if pools else (md.labels or {}).get(names.LABEL_POOL, "")
+        mode = pools[0].protocol if pools else ""
         key = f"{md.namespace}/{md.name}"
         snap.services.append(
             ServiceRow(
@@ -111,9 +116,9 @@ def collect(client: Client, policy: Policy | None = None) -> Snapshot:
                 md.name or "",
                 ips,
                 pool,
-                protocol_of.get(pool, ""),
+                mode,
                 ",".join(sorted({n for ip in ips for n in hops.get(ip, ())}))
-                if protocol_of.get(pool) == "bgp"
+                if mode == "bgp"
                 else (md.annotations or {}).get(names.ANNOTATION_LAYER2_ANNOUNCER, ""),
                 "" if ips else reasons.get(key, "waiting for the controller"),
             )
@@ -124,19 +129,18 @@ def collect(client: Client, policy: Policy | None = None) -> Snapshot:
     return snap
 
 
-def _bgp_next_hops(client: Client, services: list[Service], pools: list[PoolRow]) -> dict[str, tuple[str, ...]]:
+def _bgp_next_hops(client: Client, services: list[Service], model: PoolModel) -> dict[str, tuple[str, ...]]:
     """IP → the names of the nodes the speakers announce as its next hops (liveness aside)."""
-    if not pools:
+    if not any(p.protocol == "bgp" and p.serving for p in model.pools):
         return {}
-    ranges = []
-    for p in pools:
-        try:
-            ranges.append(parse_range(p.address))
-        except AddressError:
-            continue
     svc_infos = inputs.service_infos(services, client.list(EndpointSlice, namespace="*"))
     nodes = inputs.node_infos(client.list(Node))
-    ips = {ip for s in svc_infos for ip in s.ips if any(r.contains(ip) for r in ranges)}
+    ips = set()
+    for s in svc_infos:
+        for ip in s.ips:
+            pool = model.pool_of(ip)
+            if pool is not None and pool.protocol == "bgp" and pool.serving:
+                ips.add(ip)
     by_address = {a: n.name for n in nodes for a in n.addresses}
     return {
         ip: tuple(by_address.get(a, a) for a in addrs)

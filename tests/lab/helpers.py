@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,9 @@ from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.core_v1 import Service
 
 from openelb.kube.resources import Eip
-from openelb.lab import workloads
+from openelb.lab import lab, workloads
+from openelb.lab.components import Paths
+from openelb.lab.plan import LabPlan
 
 NS = "openelb-system"
 HERE = Path(__file__).parent
@@ -253,6 +255,19 @@ def wait_speakers(procs: dict[str, SpeakerProcess], what: str, ready: Callable[[
         time.sleep(0.25)
     reports = "\n".join(f"speaker {name}: {p.report()}" for name, p in procs.items())
     raise AssertionError(f"{what}: not reached in {timeout:.0f}s (last error: {last})\n{reports}")
+
+
+@contextlib.contextmanager
+def running_speakers(lab_plan: LabPlan, *extra: str, tag: str = "") -> Iterator[dict[str, SpeakerProcess]]:
+    """A speaker on every lab node, up and hearing each other; all stopped afterwards."""
+    kc = Paths(lab.state_dir()).kubeconfig("admin")
+    procs = {n.name: SpeakerProcess(n.name, n.netns, kc, *extra, tag=tag) for n in lab_plan.nodes}
+    try:
+        wait_live_peers(procs, [str(n.lan_v4) for n in lab_plan.nodes])
+        yield procs
+    finally:
+        for p in procs.values():
+            p.stop()
 
 
 def wait_live_peers(procs: dict[str, SpeakerProcess], addresses: list[str], timeout: float = 30) -> None:

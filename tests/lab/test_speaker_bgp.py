@@ -16,7 +16,16 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import SpeakerProcess, apply_yaml, delete_eip, in_netns, scrape, wait_event, wait_ips, wait_live_peers
+from helpers import (
+    SpeakerProcess,
+    apply_yaml,
+    delete_eip,
+    in_netns,
+    running_speakers,
+    scrape,
+    wait_event,
+    wait_ips,
+)
 from lightkube import Client
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import Node, Pod, Service
@@ -53,13 +62,8 @@ def start_speaker(lab_plan: LabPlan, name: str) -> SpeakerProcess:
 
 @pytest.fixture(scope="module")
 def speakers(lab_plan: LabPlan, controller: dict[str, Any], bird: router.Bird) -> Iterator[dict[str, SpeakerProcess]]:
-    procs = {n.name: start_speaker(lab_plan, n.name) for n in lab_plan.nodes}
-    try:
-        wait_live_peers(procs, [str(n.lan_v4) for n in lab_plan.nodes])
+    with running_speakers(lab_plan, *SPEAKER_ARGS) as procs:
         yield procs
-    finally:
-        for p in procs.values():
-            p.stop()
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from helpers import (
     in_netns,
     lb_service,
     ndisc_mac,
+    running_speakers,
     scrape,
     wait_event,
     wait_ips,
@@ -41,14 +42,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def speakers(lab_plan: LabPlan, controller: dict[str, Any]) -> Iterator[dict[str, SpeakerProcess]]:
-    kc = Paths(lab.state_dir()).kubeconfig("admin")
-    procs = {n.name: SpeakerProcess(n.name, n.netns, kc) for n in lab_plan.nodes}
-    try:
-        wait_live_peers(procs, [str(n.lan_v4) for n in lab_plan.nodes])
+    with running_speakers(lab_plan) as procs:
         yield procs
-    finally:
-        for p in procs.values():
-            p.stop()
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import SpeakerProcess, arping_macs, delete_eip, eip, iface_mac, scrape, wait_live_peers
+from helpers import SpeakerProcess, arping_macs, delete_eip, eip, iface_mac, running_speakers, scrape
 from lightkube import Client
 from lightkube.resources.core_v1 import Namespace, Service
 
@@ -36,14 +36,8 @@ NS = "rest"
 
 @pytest.fixture(scope="module")
 def speakers(lab_plan: LabPlan, controller: dict[str, Any]) -> Iterator[dict[str, SpeakerProcess]]:
-    kc = Paths(lab.state_dir()).kubeconfig("admin")
-    procs = {n.name: SpeakerProcess(n.name, n.netns, kc, tag="-rest") for n in lab_plan.nodes}
-    try:
-        wait_live_peers(procs, [str(n.lan_v4) for n in lab_plan.nodes])
+    with running_speakers(lab_plan, tag="-rest") as procs:
         yield procs
-    finally:
-        for p in procs.values():
-            p.stop()
 
 
 async def create_services(kubeconfig: Path, count: int, concurrency: int = 16) -> None:

@@ -91,3 +91,11 @@ def test_pod_addresses_stay_inside_the_node_cidrs() -> None:
     for bad in (0, 1, 254):
         with pytest.raises(ValueError):
             pod_addresses(node, bad)
+
+
+def test_nodes_beyond_the_full_ones_are_light() -> None:
+    plan = make_plan(50, full_nodes=3)
+    assert [n.light for n in plan.nodes[:4]] == [False, False, False, True]
+    assert sum(n.light for n in plan.nodes) == 47
+    assert len({n.lan_v4 for n in plan.nodes}) == 50 and len({n.pod_cidr_v4 for n in plan.nodes}) == 50
+    assert not any(n.light for n in make_plan(3).nodes)

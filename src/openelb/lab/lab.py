@@ -30,7 +30,7 @@ from openelb import pki
 from openelb.kube.client import sync_client
 from openelb.lab import binaries, components, containers, netns, processes, topology
 from openelb.lab.components import Paths
-from openelb.lab.plan import LabPlan, NodePlan, make_plan
+from openelb.lab.plan import FULL_NODES, LabPlan, NodePlan, make_plan
 
 DEFAULT_STATE = Path("/run/openelb-lab")
 START_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
@@ -104,7 +104,11 @@ def is_healthy(paths: Paths) -> bool:
     if plan is None:
         return False
     running = {d.name for d in processes.recorded(paths.state) if processes.is_running(d)}
-    needed = set(START_ORDER) | {f"kube-proxy-{n.name}" for n in plan.nodes} | {f"agent-{n.name}" for n in plan.nodes}
+    needed = (
+        set(START_ORDER)
+        | {f"kube-proxy-{n.name}" for n in plan.nodes if not n.light}
+        | {f"agent-{n.name}" for n in plan.nodes}
+    )
     if not needed <= running:
         return False
     try:
@@ -113,13 +117,18 @@ def is_healthy(paths: Paths) -> bool:
         return False
 
 
-def up(node_count: int = 3, proxy_mode: str = "nftables", quiet: bool = False) -> LabPlan:
+def up(node_count: int = 3, proxy_mode: str = "nftables", quiet: bool = False, full_nodes: int = FULL_NODES) -> LabPlan:
     require_root()
     say = Progress(quiet)
     paths = Paths(state_dir())
     existing = load_plan(paths)
     if existing and is_healthy(paths):
-        if len(existing.nodes) == node_count and existing.proxy_mode == proxy_mode:
+        full = sum(1 for n in existing.nodes if not n.light)
+        if (
+            len(existing.nodes) == node_count
+            and existing.proxy_mode == proxy_mode
+            and full == min(full_nodes, node_count)
+        ):
             say(f"lab already up ({len(existing.nodes)} nodes); nothing to do")
             return existing
         say("lab is up with a different shape; tearing it down first")
@@ -131,7 +140,7 @@ def up(node_count: int = 3, proxy_mode: str = "nftables", quiet: bool = False) -
     say("locating Kubernetes binaries (building them when missing: ~15-30 min cold)")
     bins = binaries.ensure()
     say(f"binaries: {bins} ({binaries.version(bins)})")
-    plan = make_plan(node_count, proxy_mode)
+    plan = make_plan(node_count, proxy_mode, full_nodes)
     paths.state.mkdir(parents=True, exist_ok=True)
     paths.plan_file.write_text(json.dumps(plan.to_json(), indent=2))
     try:
@@ -174,13 +183,18 @@ def _up(plan: LabPlan, paths: Paths, bins: Path, say: Progress) -> None:
     say(f"registering {len(plan.nodes)} nodes")
     for node in plan.nodes:
         register_node(client, node, binaries.version(bins))
-    say("starting kube-proxy and the node agent (pod emulator) on every node")
+    light = sum(1 for n in plan.nodes if n.light)
+    say(
+        "starting kube-proxy and the node agent (pod emulator) on every node"
+        + (f" ({light} light: agent only)" if light else "")
+    )
     for node in plan.nodes:
-        argv = netns.exec_argv(node.netns, components.kube_proxy(bins, plan, paths, node))
-        processes.start(state, f"kube-proxy-{node.name}", argv)
+        if not node.light:
+            argv = netns.exec_argv(node.netns, components.kube_proxy(bins, plan, paths, node))
+            processes.start(state, f"kube-proxy-{node.name}", argv)
         agent = [sys.executable, "-m", "openelb", "lab", "agent", "--node", node.name]
         processes.start(state, f"agent-{node.name}", agent, env={"OPENELB_LAB_DIR": str(state)})
-    for node in plan.nodes:
+    for node in (n for n in plan.nodes if not n.light):
         wait_for(
             f"kube-proxy on {node.name}",
             lambda n=node: _http_ok(f"http://{n.lan_v4}:10256/healthz"),  # type: ignore[misc]
@@ -261,6 +275,9 @@ def node_status(node: NodePlan, version: str) -> dict[str, object]:
     }
 
 
+LIGHT_TAINT = "openelb.lab/light-node"
+
+
 def register_node(client: Client, node: NodePlan, version: str) -> None:
     labels = {
         "kubernetes.io/hostname": node.name,
@@ -278,7 +295,9 @@ def register_node(client: Client, node: NodePlan, version: str) -> None:
             raise
     client.patch(Node.Status, node.name, node_status(node, version), patch_type=PatchType.MERGE)
     # Admission taints new Nodes not-ready; the node-lifecycle controller (not run here) would lift it.
-    client.patch(Node, node.name, {"spec": {"taints": None}}, patch_type=PatchType.MERGE)
+    # A light node keeps one taint of its own: it runs no Pods.
+    taints = [{"key": LIGHT_TAINT, "effect": "NoSchedule"}] if node.light else None
+    client.patch(Node, node.name, {"spec": {"taints": taints}}, patch_type=PatchType.MERGE)
 
 
 def _exists(client: Client, res: type[ServiceAccount], name: str, namespace: str) -> bool:

@@ -14,7 +14,9 @@ from typing import Any
 PREFIX = "olab"
 """Every network namespace and root-namespace link the lab creates starts with this."""
 
-MAX_NODES = 40
+MAX_NODES = 60
+FULL_NODES = 3
+"""Nodes beyond this many are light by default (see NodePlan.light)."""
 
 LAN_V4 = ipaddress.IPv4Network("198.18.0.0/24")
 LAN_V6 = ipaddress.IPv6Network("2001:db8:0:1::/64")
@@ -44,6 +46,10 @@ class NodePlan(Host):
 
     pod_cidr_v4: str = ""
     pod_cidr_v6: str = ""
+    light: bool = False
+    """A light node, for scale runs on one machine: its Node object (kept Ready by its agent,
+    tainted so no Pod lands there) and its namespace on the LAN, where a speaker can run; no
+    kube-proxy and no Pods, so it forwards no Service traffic."""
 
     @property
     def pod_gateway_v4(self) -> str:
@@ -129,12 +135,13 @@ class LabPlan:
         )
 
 
-def make_plan(node_count: int = 3, proxy_mode: str = "nftables") -> LabPlan:
+def make_plan(node_count: int = 3, proxy_mode: str = "nftables", full_nodes: int = FULL_NODES) -> LabPlan:
     """Name and address every lab host.
 
     LAN 198.18.0.0/24 + 2001:db8:0:1::/64: apiserver .1, router .2, nodes .11 upwards, client .100.
     WAN 198.18.1.0/24 + 2001:db8:0:2::/64: router .1, remote .10 (default route via the router).
-    Node i owns pod CIDRs 198.18.(64+i).0/24 and 2001:db8:1:i::/64.
+    Node i owns pod CIDRs 198.18.(64+i).0/24 and 2001:db8:1:i::/64. Nodes after the first
+    `full_nodes` are light.
     """
     if not 1 <= node_count <= MAX_NODES:
         raise ValueError(f"node count must be between 1 and {MAX_NODES}, got {node_count}")
@@ -151,6 +158,7 @@ def make_plan(node_count: int = 3, proxy_mode: str = "nftables") -> LabPlan:
                 lan_v6=str(LAN_V6[0x10 + i]),
                 pod_cidr_v4=str(ipaddress.IPv4Network(f"198.18.{64 + i}.0/24")),
                 pod_cidr_v6=str(ipaddress.IPv6Network(f"2001:db8:1:{i:x}::/64")),
+                light=i > full_nodes,
             )
         )
     client = Host("client", f"{PREFIX}-client", lan_v4=str(LAN_V4[100]), lan_v6=str(LAN_V6[0x100]))

@@ -6,8 +6,8 @@ thousands of IPs writes thousands of addresses) delays the speaker's loop:
   subnets on it, asked of the kernel;
 - `HostAddresses`: owned IPs as /32 and /128 addresses on the `openelb0` link, so the owner answers
   ping like an IPVS-mode node does; changes are queued and applied in order, coalesced per batch;
-- `NetWatcher`: link, address and route events from the kernel, reported (debounced) so the
-  speaker re-resolves `can_reach:` interfaces when a route moves.
+- `NetWatcher`: link, address and route events from the kernel (a plain netlink socket),
+  reported (debounced) so the speaker re-resolves `can_reach:` interfaces when a route moves.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import ipaddress
 import logging
 import queue
 import select
+import socket
+import struct
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -198,8 +200,45 @@ class HostAddresses:
         self._ipr.close()
 
 
+RTM_NEWADDR, RTM_DELADDR, RTM_NEWROUTE, RTM_DELROUTE = 20, 21, 24, 25
+RTA_OIF = 4
+NLMSG = struct.Struct("=IHHII")
+RTATTR = struct.Struct("=HH")
+
+
+def event_index(msg_type: int, body: bytes) -> int | None:
+    """The interface an address or route message is about (None for anything else)."""
+    if msg_type in (RTM_NEWADDR, RTM_DELADDR) and len(body) >= 8:
+        return int(struct.unpack_from("=I", body, 4)[0])
+    if msg_type in (RTM_NEWROUTE, RTM_DELROUTE):
+        off = 12  # struct rtmsg
+        while off + RTATTR.size <= len(body):
+            length, kind = RTATTR.unpack_from(body, off)
+            if length < RTATTR.size:
+                return None
+            if kind == RTA_OIF and length >= 8:
+                return int(struct.unpack_from("=I", body, off + 4)[0])
+            off += (length + 3) & ~3
+    return None
+
+
+def split_netlink(data: bytes) -> list[tuple[int, bytes]]:
+    """(type, body) of each message in one netlink datagram."""
+    out, off = [], 0
+    while off + NLMSG.size <= len(data):
+        length, kind, _flags, _seq, _pid = NLMSG.unpack_from(data, off)
+        if length < NLMSG.size:
+            break
+        out.append((kind, data[off + NLMSG.size : off + length]))
+        off += (length + 3) & ~3
+    return out
+
+
 class NetWatcher:
-    """Kernel link/address/route events → `on_change()` on the loop, at most every `debounce` s."""
+    """Kernel link/address/route events → `on_change()` on the loop, at most every `debounce` s.
+
+    A plain netlink socket on a thread: only the message types and interface indexes are read,
+    enough to drop the events of our own address writes (`ignore_index`)."""
 
     def __init__(
         self,
@@ -209,44 +248,45 @@ class NetWatcher:
         ignore_index: int | None = None,
     ) -> None:
         self.loop = loop
-        self.ignore_index = ignore_index
-        """Our own `openelb0` link: its address and local-route events are our writes, not news."""
         self.on_change = on_change
         self.debounce = debounce
+        self.ignore_index = ignore_index
+        """Our own `openelb0` link: its address and local-route events are our writes, not news."""
+        groups = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        self._sock.bind((0, groups))
         self._stop = threading.Event()
         self._pending = False
+        self.overflows = 0
         self._thread = threading.Thread(target=self._run, name="openelb-netwatch", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        # pyroute2's synchronous socket runs its own asyncio loop: it must live on a thread
-        # without one, so it is made (and closed) here.
-        with IPRoute() as ipr:
-            ipr.bind(
-                groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE
-            )
-            fd = ipr.fileno()
-            while not self._stop.is_set():
-                ready, _, _ = select.select([fd], [], [], 0.5)
-                if ready:
-                    self._read(ipr)
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self._sock], [], [], 0.5)
+            if not ready:
+                continue
+            try:
+                data = self._sock.recv(1 << 16)
+            except OSError as exc:  # ENOBUFS: events were lost, so something changed
+                if self._stop.is_set():
+                    return
+                self.overflows += 1
+                log.debug("netlink events: %s", exc)
+                self._changed()
+                continue
+            if any(not self._ours(kind, body) for kind, body in split_netlink(data)):
+                self._changed()
 
-    def _read(self, ipr: Any) -> None:
-        try:
-            msgs = ipr.get()
-        except Exception as exc:  # a netlink hiccup must not end the watch
-            log.warning("netlink events: %s", exc)
-            return
-        if self.ignore_index is not None and all(self._ours(m) for m in msgs):
-            return
+    def _ours(self, kind: int, body: bytes) -> bool:
+        return self.ignore_index is not None and event_index(kind, body) == self.ignore_index
+
+    def _changed(self) -> None:
         if not self._pending:
             self._pending = True
             with contextlib.suppress(RuntimeError):  # the loop is closing
                 self.loop.call_soon_threadsafe(self.loop.call_later, self.debounce, self._fire)
-
-    def _ours(self, msg: Any) -> bool:
-        index = msg.get("index") if msg.get("event", "").endswith("ADDR") else msg.get("RTA_OIF")
-        return bool(index == self.ignore_index)
 
     def _fire(self) -> None:
         self._pending = False
@@ -255,3 +295,4 @@ class NetWatcher:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=2)
+        self._sock.close()

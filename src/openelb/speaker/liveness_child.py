@@ -171,10 +171,9 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+    import importlib
     import sys
 
     # Through the module's own name: what goes over the pipe must pickle as
     # openelb.speaker.liveness_child.Report, not __main__.Report.
-    from openelb.speaker import liveness_child
-
-    liveness_child.main(sys.argv[1:])
+    importlib.import_module("openelb.speaker.liveness_child").main(sys.argv[1:])
