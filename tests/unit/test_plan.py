@@ -77,7 +77,7 @@ def test_host_lookup_names_known_hosts_on_error() -> None:
         plan.host("node-9")
 
 
-@pytest.mark.parametrize(("count", "mode"), [(0, "nftables"), (41, "nftables"), (3, "ipvs")])
+@pytest.mark.parametrize(("count", "mode"), [(0, "nftables"), (61, "nftables"), (3, "ipvs")])
 def test_invalid_shapes_are_refused(count: int, mode: str) -> None:
     with pytest.raises(ValueError):
         make_plan(count, mode)
