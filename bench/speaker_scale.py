@@ -48,7 +48,7 @@ from openelb.lab.components import Paths
 from openelb.lab.plan import LabPlan
 
 NS = "scale"
-L2_POOL, BGP_POOL = "198.18.16.0/19", "198.18.48.0/20"
+L2_POOL, BGP_POOL = "198.18.32.0/19", "198.18.16.0/20"  # beside the LAN and the pod networks
 COUNTERS = (
     "openelb_speaker_peers_expired_total",
     "openelb_speaker_owner_moves_total",

@@ -203,7 +203,9 @@ def test_install_pods_run_under_their_own_accounts(kube: Client, lab_plan: LabPl
             seen["controller"] += 1
         elif "-m openelb speaker" in args and "--bind-port=7946" in args and "--kubeconfig" not in args:
             assert uid == "0"
-            assert _caps(pid, "CapBnd") == (1 << 10) | (1 << 12) | (1 << 13)  # NET_BIND_SERVICE, NET_ADMIN, NET_RAW
+            assert _caps(pid, "CapBnd") == (1 << 10) | (1 << 12) | (1 << 13) | (
+                1 << 23
+            )  # NET_BIND_SERVICE, NET_ADMIN, NET_RAW, SYS_NICE
             seen["speaker"] += 1
     assert seen == {"controller": 2, "speaker": len(lab_plan.nodes)}, seen
 

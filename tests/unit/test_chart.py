@@ -97,7 +97,7 @@ def test_speaker_gets_only_the_three_capabilities_and_host_network(helm: str) ->
     spec = ds["spec"]["template"]["spec"]
     caps = spec["containers"][0]["securityContext"]["capabilities"]
     assert spec["hostNetwork"] is True
-    assert caps == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE"]}
+    assert caps == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE", "SYS_NICE"]}
     keys = {t.get("key") for t in spec["tolerations"]}
     assert "node-role.kubernetes.io/control-plane" in keys
 

@@ -151,7 +151,7 @@ class Heartbeats:
                 log.error("heartbeat process ended (exit code %s)", self._proc.poll() if self._proc else None)
                 return
             for line in rep.logs:
-                log.log(logging.WARNING if " late" in line else logging.INFO, "%s", line)
+                log.log(logging.WARNING if " late" in line or "normal priority" in line else logging.INFO, "%s", line)
             for v in rep.lateness:
                 self.lateness.observe(v)
             for v in rep.rtt:
