@@ -10,8 +10,9 @@ Kubernetes client) that mostly sleeps, and the kernel wakes it promptly. The par
 over a pipe: peers and readiness down, the live set and measurements up.
 
 A child that keeps saying ALIVE for a hung speaker would hide a real failure: the parent sends a
-tick every `TICK` seconds, and a child that hears none for `watchdog` seconds goes silent until
-it does, so a speaker whose loop is stuck still fails over (after `watchdog`, not `dead_after`).
+tick every `TICK` seconds, and a child that hears none for `watchdog` seconds (10) goes silent
+until it does, so a speaker whose loop is stuck still fails over (after `watchdog`, not
+`dead_after`; long enough that a loop busy with a big relist on a loaded node is not a hang).
 The child exits when the parent is gone (its end of the pipe closes).
 
 The membership itself (`protocols.heartbeat.Membership`) is sans-IO and lives in the child
@@ -53,7 +54,7 @@ class Heartbeats:
         on_change: Callable[[frozenset[str]], None],
         registry: CollectorRegistry,
         bind: str = "0.0.0.0",  # noqa: S104 - the node's heartbeat port
-        watchdog: float = 3.0,
+        watchdog: float = 10.0,
     ) -> None:
         self.node = node
         self.loop = loop
@@ -151,7 +152,13 @@ class Heartbeats:
                 log.error("heartbeat process ended (exit code %s)", self._proc.poll() if self._proc else None)
                 return
             for line in rep.logs:
-                log.log(logging.WARNING if " late" in line or "normal priority" in line else logging.INFO, "%s", line)
+                log.log(
+                    logging.WARNING
+                    if " late" in line or "normal priority" in line or "paused" in line
+                    else logging.INFO,
+                    "%s",
+                    line,
+                )
             for v in rep.lateness:
                 self.lateness.observe(v)
             for v in rep.rtt:

@@ -58,6 +58,7 @@ class Child:
         self.peers: Sequence[str] = ()
         self.ready = False
         self.last_tick = time.monotonic()
+        self.silent = False
         self.report = Report()
 
     def run(self) -> None:
@@ -78,7 +79,15 @@ class Child:
                 if now - due > cfg.interval:
                     self.report.logs.append(f"heartbeats {(now - due) * 1e3:.0f} ms late")
                 tick += 1
-                if now - self.last_tick < cfg.watchdog:  # the speaker itself is alive
+                silent = now - self.last_tick >= cfg.watchdog
+                if silent != self.silent:
+                    self.silent = silent
+                    self.report.logs.append(
+                        f"no word from the speaker for {cfg.watchdog:.0f} s: heartbeats paused (peers take over)"
+                        if silent
+                        else "the speaker answers again: heartbeats resumed"
+                    )
+                if not silent:  # the speaker itself is alive
                     if tick % probes_every == 0:
                         self._send(hbp.PROBE)
                     self._send(hbp.ALIVE if self.ready else hbp.JOINING)
