@@ -199,14 +199,10 @@ class Speaker:
                 f"({', '.join(map(str, subnets)) or 'none'}); answering anyway"
             )
             log.warning("%s", message)
-            view = next((v for v in self._eip_views or () if v.name == pool.name), None)
             obj = self.eips.store.get(pool.name)
             uid = obj.metadata.uid if obj is not None and obj.metadata else None
-            if view is not None:
-                target = Target("Eip", pool.name, None, uid, api_version=f"{names.GROUP}/{names.VERSION}")
-                self._loop.call_soon_threadsafe(
-                    self.recorder.emit, target, "Warning", "Layer2RangeOutsideSubnet", message
-                )
+            target = Target("Eip", pool.name, None, uid, api_version=f"{names.GROUP}/{names.VERSION}")
+            self._loop.call_soon_threadsafe(self.recorder.emit, target, "Warning", "Layer2RangeOutsideSubnet", message)
         return ifname
 
     # ---- applying the plan's changes ----------------------------------------------------------

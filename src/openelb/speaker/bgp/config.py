@@ -13,9 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from openelb.api import names
 from openelb.protocols.bgp import codec as c
 
-RACK_LABEL = "openelb.kubesphere.io/rack"
+RACK_LABEL = names.LABEL_RACK
 DEFAULT_HOLD = 90
 DEFAULT_CONNECT_RETRY = 5.0
 """Seconds before the first reconnect (GoBGP's default is 5 s too); doubles up to 30 s."""

@@ -60,7 +60,6 @@ class BgpMode:
         self._warned: set[tuple[str, str, int, str]] = set()
         self.global_cfg: cfgmod.GlobalConfig | None = None
         self.active: dict[str, cfgmod.PeerConfig] = {}
-        self.rack: str | None = None
         self._routes: dict[Prefix, tuple[str, ...]] = {}
         self._closed = False
 
@@ -140,7 +139,6 @@ class BgpMode:
                     await self._warn("BgpConf", conf, "UnsupportedFields", f"accepted but not acted upon: {fields}")
             except cfgmod.ConfigError as exc:
                 await self._warn("BgpConf", conf, "InvalidBgpConf", str(exc))
-        self.rack = labels.get(cfgmod.RACK_LABEL)
         peers: dict[str, cfgmod.PeerConfig] = {}
         for obj in self.peers.store.values():
             if _skip(obj):
