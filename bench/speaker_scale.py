@@ -100,17 +100,30 @@ class Speaker:
             f.seek(self.starts)
             return b"ready (heartbeat port" in f.read()
 
-    def cpu(self) -> float:
+    def pids(self) -> list[int]:
+        """The speaker and its heartbeat process."""
         assert self.proc is not None
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        return [self.proc.pid, *(int(p) for p in kids.read_text().split())] if kids.exists() else [self.proc.pid]
+
+    def cpu(self) -> float:
+        """CPU seconds of the speaker and its heartbeat process together."""
+        total = 0.0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
 
     def rss_mb(self) -> float:
-        assert self.proc is not None
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
+        """RSS of the speaker and its heartbeat process together."""
+        total = 0.0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) / 1024
+        return total
 
 
 def scrape(lab_plan: LabPlan) -> dict[str, dict[str, float]]:
