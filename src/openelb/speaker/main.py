@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -354,7 +355,13 @@ class Speaker:
         self.heartbeats.start()
         tasks.append(asyncio.create_task(self._refresh()))
         # Hear the others before claiming anything, so a restart does not briefly grab every IP.
-        await asyncio.wait_for(self.heartbeats.settled.wait(), 30)
+        try:
+            await asyncio.wait_for(self.heartbeats.settled.wait(), 30)
+        except TimeoutError:
+            raise RuntimeError(
+                "the heartbeat process did not report within 30 s (its errors, if any, are above); "
+                f"check that `{sys.executable} -m openelb.speaker.liveness_child` can start on this node"
+            ) from None
         if self.opts.local_addresses:
             self.host = await loop.run_in_executor(None, hostnet.HostAddresses)
             self.watcher = hostnet.NetWatcher(loop, self._net_events, ignore_index=self.host.index)
