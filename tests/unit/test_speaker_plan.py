@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from openelb.api.eip import EipView
 from openelb.api.names import LABEL_RACK
 from openelb.ipam.pools import PoolModel
-from openelb.speaker.desired import EXCLUDE_LABEL, NodeInfo, ServiceInfo, rank
+from openelb.speaker.desired import EXCLUDE_LABEL, NodeInfo, ServiceInfo, heartbeat_peers, rank
 from openelb.speaker.plan import FULL_MESH_NODES, Plan
 
 
@@ -122,11 +122,7 @@ def test_incremental_equals_full_recompute(me: str, start: list[bool], sequence:
         # The changes handed out, applied in order, rebuild the state: nothing is lost.
         assert {ip: a for ip, a in announced.items() if a is not None} == plan.layer2
         assert {ip: h for ip, h in routes.items() if h is not None} == plan.bgp
-        peers = set()
-        for ann in plan.layer2.values():
-            if me in ann.candidates:
-                peers.update(ann.candidates[ann.candidates.index(me) + 1 :])
-        assert plan.heartbeat_peers() == peers
+        assert plan.heartbeat_peers() == heartbeat_peers(plan.layer2, me)  # the total rule, same answer
         assert plan.mine() == {ip: a.interface for ip, a in plan.layer2.items() if a.owner == me}
 
 

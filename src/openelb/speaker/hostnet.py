@@ -147,11 +147,8 @@ class HostAddresses:
             self._idle.clear()
             self._queue.put((put, drop))
 
-    def held(self) -> set[str]:
-        return set(self._claims)
-
     def wait_idle(self, timeout: float) -> bool:
-        """For tests and shutdown: True once every queued change is written."""
+        """True once every queued change is written (tests wait on it)."""
         return self._idle.wait(timeout)
 
     def _work(self) -> None:
@@ -258,7 +255,6 @@ class NetWatcher:
         self._sock.bind((0, groups))
         self._stop = threading.Event()
         self._pending = False
-        self.overflows = 0
         self._thread = threading.Thread(target=self._run, name="openelb-netwatch", daemon=True)
         self._thread.start()
 
@@ -272,7 +268,6 @@ class NetWatcher:
             except OSError as exc:  # ENOBUFS: events were lost, so something changed
                 if self._stop.is_set():
                     return
-                self.overflows += 1
                 log.debug("netlink events: %s", exc)
                 self._changed()
                 continue
