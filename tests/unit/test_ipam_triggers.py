@@ -129,6 +129,31 @@ def test_remembered_writes_are_not_reported_again_and_never_go_back_in_time() ->
     assert asyncio.run(scenario()) == ["pool"] * 4  # list, 12, 13, 15: never the echoes 11 and 14
 
 
+def test_the_transform_applies_to_listed_watched_and_remembered_objects() -> None:
+    def slim(obj: Any) -> Any:
+        return Eip.from_dict({"metadata": {"name": obj.metadata.name, "resourceVersion": obj.metadata.resourceVersion}})
+
+    async def scenario() -> None:
+        events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        inf: Informer[Any] = Informer(
+            _FakeClient(_eip(10), events),  # type: ignore[arg-type]
+            Eip,
+            lambda _k: None,
+            transform=slim,
+        )
+        task = asyncio.create_task(inf.run())
+        await asyncio.wait_for(inf.synced.wait(), 1)
+        assert not inf.store["pool"].get("spec")  # listed: slimmed
+        await events.put(("MODIFIED", _eip(12)))
+        await _until(lambda: inf.store["pool"].metadata.resourceVersion == "12")
+        assert not inf.store["pool"].get("spec")  # watched: slimmed
+        inf.remember(_eip(13))
+        assert inf.store["pool"].metadata.resourceVersion == "13" and not inf.store["pool"].get("spec")
+        task.cancel()
+
+    asyncio.run(scenario())
+
+
 async def _until(cond: Any) -> None:
     for _ in range(100):
         if cond():

@@ -20,7 +20,7 @@ from openelb.controller.webhook import CertManager, dns_names, serve
 from openelb.kube.client import async_client
 from openelb.kube.events import EventRecorder
 from openelb.kube.leader import LeaseElector
-from openelb.runtime import run_daemon, serve_metrics, split_addr, stop_on_signals
+from openelb.runtime import ProbeServer, run_daemon, serve_metrics, split_addr, stop_on_signals
 
 log = logging.getLogger("openelb.controller")
 GRACE_SECONDS = 8.0
@@ -52,7 +52,7 @@ async def run(opts: ControllerOptions) -> None:
     ctrl = IpamController(
         client, Policy(opts.lb_class, opts.serve_unannotated), recorder, metrics, workers=opts.workers
     )
-    runners: list[web.AppRunner] = []
+    runners: list[ProbeServer | web.AppRunner] = []
     # Made before anything is served: /readyz reads it, also during the certificate setup below.
     elector = LeaseElector(client, names.LEADER_LEASE, opts.namespace, opts.identity) if opts.leader_elect else None
 

@@ -29,7 +29,7 @@ from lightkube.types import PatchType
 from openelb import pki
 from openelb.controller import admission
 from openelb.kube.resources import Eip
-from openelb.runtime import start_site
+from openelb.runtime import CannotListen
 
 log = logging.getLogger("openelb.webhook")
 
@@ -199,6 +199,17 @@ async def serve(client: AsyncClient, certs: CertManager, host: str, port: int) -
     await runner.setup()
     await start_site(runner, "admission webhook, --webhook-addr", host, port, certs.ctx)
     log.info("webhook listening on https://%s:%d", host, port)
+    return runner
+
+
+async def start_site(runner: web.AppRunner, what: str, host: str, port: int, ssl_context: Any = None) -> web.AppRunner:
+    """Listen on host:port with an AppRunner already set up (cleaned up if that fails)."""
+    try:
+        await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
+    except OSError as exc:
+        await runner.cleanup()
+        shown = f"[{host}]" if ":" in host else host
+        raise CannotListen(what, f"TCP {shown}:{port}", exc) from exc
     return runner
 
 

@@ -42,6 +42,7 @@ class Informer(Generic[T]):
         watch_timeout: int = 50,
         resync_period: float | None = None,
         name: str | None = None,
+        transform: Callable[[T], T] | None = None,
     ) -> None:
         self.client = client
         self.resource = resource
@@ -52,6 +53,9 @@ class Informer(Generic[T]):
         self.watch_timeout = watch_timeout
         self.resync_period = resync_period
         self.name = name or getattr(resource, "__name__", "resource")
+        self.transform = transform
+        """Applied to every object before it is stored (client-go's SetTransform): a consumer
+        that reads a few fields keeps only those, not every object's managedFields."""
         self.store: dict[str, T] = {}
         self.synced = asyncio.Event()
 
@@ -66,7 +70,7 @@ class Informer(Generic[T]):
         listing = self.client.list(res, chunk_size=500, **self._scope())
         fresh: dict[str, T] = {}
         async for obj in listing:
-            fresh[object_key(obj)] = obj
+            fresh[object_key(obj)] = self._slim(obj)
         rv: str = listing.resourceVersion
         old = self.store
         self.store = fresh
@@ -112,10 +116,11 @@ class Informer(Generic[T]):
                         rv = await self._relist()
                         backoff = 0.2
                     # A watch the server ended resumes from the last version seen: no relist.
-                    async for event, obj in self._events(rv):
-                        rv = _rv(obj) or rv
+                    async for event, raw in self._events(rv):
+                        rv = _rv(raw) or rv
                         if event == "BOOKMARK":
                             continue
+                        obj = self._slim(raw)
                         key = object_key(obj)
                         held = self.store.get(key)
                         if event == "DELETED":
@@ -150,7 +155,10 @@ class Informer(Generic[T]):
         key = object_key(obj)
         held = self.store.get(key)
         if held is not None and _newer(obj, held):
-            self.store[key] = obj
+            self.store[key] = self._slim(obj)
+
+    def _slim(self, obj: T) -> T:
+        return self.transform(obj) if self.transform is not None else obj
 
     async def _resync_loop(self) -> None:
         assert self.resync_period

@@ -74,9 +74,13 @@ class Speaker:
         self.recorder = EventRecorder(self.client, "openelb-speaker")
         self.plan = Plan(opts.node)
         self.endpoints = inputs.EndpointIndex()
-        self.services: Informer[Service] = Informer(self.client, Service, self._service_changed)
-        self.slices: Informer[EndpointSlice] = Informer(self.client, EndpointSlice, self._slice_changed)
-        self.nodes: Informer[Node] = Informer(self.client, Node, self._node_changed)
+        self.services: Informer[Service] = Informer(
+            self.client, Service, self._service_changed, transform=inputs.slim_service
+        )
+        self.slices: Informer[EndpointSlice] = Informer(
+            self.client, EndpointSlice, self._slice_changed, transform=inputs.slim_slice
+        )
+        self.nodes: Informer[Node] = Informer(self.client, Node, self._node_changed, transform=inputs.slim_node)
         self.eips: Informer[Any] = Informer(self.client, Eip, self._eips_changed, name="Eip")
         self.heartbeats: Heartbeats | None = None
         self.announcer: Layer2Announcer | None = None
