@@ -33,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -115,13 +116,14 @@ class Speaker:
                 total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         return total
 
-    def rss_mb(self) -> float:
-        """RSS of the speaker and its heartbeat process together."""
+    def memory_mb(self, kind: str) -> float:
+        """`Rss` or `Pss` of the speaker and its heartbeat process together (PSS shares the
+        interpreter's pages between them instead of counting them twice)."""
         total = 0.0
         for pid in self.pids():
             with contextlib.suppress(OSError):
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
+                for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                    if line.startswith(f"{kind}:"):
                         total += int(line.split()[1]) / 1024
         return total
 
@@ -182,7 +184,22 @@ def slice_body(svc: str, nodes: list[str]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-async def create(client: AsyncClient, count: int, nodes: list[str], rng: random.Random) -> list[str]:
+async def create(kubeconfig: str, count: int, nodes: list[str], rng: random.Random) -> list[str]:
+    async with contextlib.aclosing(_Client(kubeconfig)) as c:
+        return await _create(c.client, count, nodes, rng)
+
+
+class _Client:
+    """An AsyncClient made and closed inside one `asyncio.run`."""
+
+    def __init__(self, kubeconfig: str) -> None:
+        self.client = async_client(kubeconfig)
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+
+async def _create(client: AsyncClient, count: int, nodes: list[str], rng: random.Random) -> list[str]:
     sem = asyncio.Semaphore(16)
     local_services: list[str] = []
     done = 0
@@ -205,7 +222,12 @@ async def create(client: AsyncClient, count: int, nodes: list[str], rng: random.
     return local_services
 
 
-async def churn(
+async def churn(kubeconfig: str, seconds: float, services: int, local: list[str], nodes: list[str]) -> tuple[int, int]:
+    async with contextlib.aclosing(_Client(kubeconfig)) as c:
+        return await _churn(c.client, seconds, services, local, nodes)
+
+
+async def _churn(
     client: AsyncClient, seconds: float, services: int, local: list[str], nodes: list[str]
 ) -> tuple[int, int]:
     """(changes, of which EndpointSlice changes)"""
@@ -269,15 +291,60 @@ def power_off(lab_plan: LabPlan, speakers: dict[str, Speaker], ip: str, owner: s
         speakers[owner].start()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--nodes", type=int, default=50)
-    ap.add_argument("--services", type=int, default=10_000)
-    ap.add_argument("--churn", type=float, default=300.0, help="seconds of churn")
-    ap.add_argument("--idle", type=float, default=60.0, help="seconds of the idle window")
-    ap.add_argument("--runs", type=int, default=10, help="power-off failovers")
-    args = ap.parse_args()
-    lab_plan = lab.up(args.nodes, full_nodes=3)
+@dataclass
+class Figures:
+    nodes: int
+    services: int
+    churn: float
+    changes: int
+    slice_changes: int
+    expired: float
+    """Peer expirations over all speakers during the churn (no failure happened: each is spurious)."""
+    moves: float
+    """Layer2 owner moves during the churn, the most any one speaker counted."""
+    writes: float
+    lateness_p99: float
+    idle: float
+    cpu: dict[str, float]
+    rss: dict[str, float]
+    pss: dict[str, float]
+    outages: list[float] = field(default_factory=list)
+
+    def report(self) -> None:
+        light = self.nodes - 3
+        print()
+        print(f"speakers at scale: {self.nodes} nodes (3 full, {light} light), {self.services:,} Services")
+        print(f"churn {self.churn:.0f}s: {self.changes:,} changes ({self.changes / self.churn:.1f}/s)")
+        print(f"  peers expired (no failure happened), all speakers together: {self.expired:.0f}")
+        print(
+            f"  Layer2 owner moves (only the {self.slice_changes} Local endpoint moves may cause them): "
+            f"{self.moves:.0f}"
+        )
+        print(f"  announcer annotations written: {self.writes:.0f}")
+        print(f"  heartbeat lateness p99 over all speakers: <= {self.lateness_p99 * 1e3:g} ms")
+        cpu, rss, pss = self.cpu.values(), self.rss.values(), self.pss.values()
+        print(f"idle {self.idle:.0f}s: CPU per speaker p50 {statistics.median(cpu) * 100:.1f}% "
+              f"max {max(cpu) * 100:.1f}% of a core; RSS p50 {statistics.median(rss):.0f} MB "
+              f"max {max(rss):.0f} MB (PSS p50 {statistics.median(pss):.0f} MB; speaker and heartbeat "
+              "process together)")  # fmt: skip
+        ok = self.recovered()
+        if ok:
+            print(f"power-off failover (ARP probe, {len(ok)}/{len(self.outages)} recovered): "
+                  f"p50 {statistics.median(ok) * 1e3:.0f} ms, p99 {self.failover_p99() * 1e3:.0f} ms, "
+                  f"max {max(ok) * 1e3:.0f} ms")  # fmt: skip
+        print("targets: 0 expirations, lateness p99 <= 20 ms, <= 80 MB RSS and <= 5 % of a core idle")
+
+    def recovered(self) -> list[float]:
+        return sorted(o for o in self.outages if o != float("inf"))
+
+    def failover_p99(self) -> float:
+        ok = self.recovered()
+        return ok[min(len(ok) - 1, int(len(ok) * 0.99))] if ok else float("inf")
+
+
+def run(nodes: int, services: int, churn_s: float, idle: float, runs: int) -> Figures:
+    """The whole scale run on a lab of its own (brought up here and always taken down)."""
+    lab_plan = lab.up(nodes, full_nodes=3)
     paths = Paths(lab.state_dir())
     kc = paths.kubeconfig("admin")
     kube = sync_client(kc)
@@ -300,21 +367,20 @@ def main() -> None:
             stdout=log.open("wb"), stderr=subprocess.STDOUT,
         )  # fmt: skip
         names_ = [n.name for n in lab_plan.nodes]
-        client = async_client(str(kc))
         rng = random.Random(1)  # noqa: S311
-        local = asyncio.run(create(client, args.services, names_, rng))
+        local = asyncio.run(create(str(kc), services, names_, rng))
         workloads.poll(
             "every Service with an IP",
             lambda: sum(1 for s in kube.list(Service, namespace=NS, chunk_size=500)
-                        if s.status and s.status.loadBalancer and s.status.loadBalancer.ingress) == args.services,
+                        if s.status and s.status.loadBalancer and s.status.loadBalancer.ingress) == services,
             600, interval=5,
         )  # fmt: skip
-        say(f"{args.services:,} Services assigned; starting {len(names_)} speakers")
+        say(f"{services:,} Services assigned; starting {len(names_)} speakers")
         t_start = time.monotonic()
         speakers = {n.name: Speaker(n.name, n.netns, kc) for n in lab_plan.nodes}
         workloads.poll("every speaker ready", lambda: all(s.ready() for s in speakers.values()), 900, interval=2)
         say(f"speakers ready {time.monotonic() - t_start:.0f}s after start")
-        expected_l2 = sum(1 for i in range(args.services) if i % 10 < 6 and i % 10 != 0)
+        expected_l2 = sum(1 for i in range(services) if i % 10 < 6 and i % 10 != 0)
         workloads.poll(
             "announcer annotations settled",
             lambda: len(owners(kube)) >= expected_l2,
@@ -322,7 +388,7 @@ def main() -> None:
         )  # fmt: skip
         say(f"{len(owners(kube)):,} Layer2 IPs announced and annotated")
         before = scrape(lab_plan)
-        ops, slices = asyncio.run(churn(async_client(str(kc)), args.churn, args.services, local, names_))
+        ops, slices = asyncio.run(churn(str(kc), churn_s, services, local, names_))
         after = scrape(lab_plan)
 
         def delta(counter: str) -> float:
@@ -335,36 +401,30 @@ def main() -> None:
         p99 = lateness_p99(after, before)
         say("idle window")
         cpu0 = {n: s.cpu() for n, s in speakers.items()}
-        time.sleep(args.idle)
-        cpu = {n: (s.cpu() - cpu0[n]) / args.idle for n, s in speakers.items()}
-        rss = {n: s.rss_mb() for n, s in speakers.items()}
+        time.sleep(idle)
+        figures = Figures(
+            nodes, services, churn_s, ops, slices,
+            expired=total(COUNTERS[0]), moves=delta(COUNTERS[1]), writes=total(COUNTERS[3]), lateness_p99=p99,
+            idle=idle,
+            cpu={n: (s.cpu() - cpu0[n]) / idle for n, s in speakers.items()},
+            rss={n: s.memory_mb("Rss") for n, s in speakers.items()},
+            pss={n: s.memory_mb("Pss") for n, s in speakers.items()},
+        )  # fmt: skip
+        heard = live_peers(lab_plan)
         macs = {n.name: in_netns(n.netns, "cat", "/sys/class/net/eth0/address").strip().lower() for n in lab_plan.nodes}
         own = owners(kube)
-        outages = []
         picker = random.Random(3)  # noqa: S311
-        for ip in picker.sample(sorted(own), args.runs):
+        for k, ip in enumerate(picker.sample(sorted(own), runs)):
             current = arp_macs(lab_plan.client.netns, ip)
             owner = next((n for n, m in macs.items() if current and m == current[0]), own[ip])
-            outages.append(power_off(lab_plan, speakers, ip, owner, macs))
+            figures.outages.append(power_off(lab_plan, speakers, ip, owner, macs))
+            say(f"power-off {k + 1}/{runs}: {figures.outages[-1] * 1e3:.0f} ms")
             workloads.poll("the restarted speaker ready", lambda o=owner: speakers[o].ready(), 300, interval=1)
-            time.sleep(3)
-        print()
-        print(f"speakers at scale: {len(names_)} nodes (3 full, {len(names_) - 3} light), {args.services:,} Services")
-        print(f"churn {args.churn:.0f}s: {ops:,} changes ({ops / args.churn:.1f}/s)")
-        print(f"  peers expired (no failure happened), all speakers together: {total(COUNTERS[0]):.0f}")
-        print(f"  Layer2 owner moves (only the {slices} Local endpoint moves can cause them): {delta(COUNTERS[1]):.0f}")
-        print(f"  announcer annotations written: {total(COUNTERS[3]):.0f}")
-        print(f"  heartbeat lateness p99 over all speakers: <= {p99 * 1e3:.0f} ms")
-        print(f"idle {args.idle:.0f}s: CPU per speaker p50 {statistics.median(cpu.values()) * 100:.1f}% "
-              f"max {max(cpu.values()) * 100:.1f}% of a core; RSS p50 {statistics.median(rss.values()):.0f} MB "
-              f"max {max(rss.values()):.0f} MB")  # fmt: skip
-        ok = sorted(o for o in outages if o != float("inf"))
-        if ok:
-            p99o = ok[min(len(ok) - 1, int(len(ok) * 0.99))]
-            print(f"power-off failover (ARP probe, {len(ok)}/{len(outages)} recovered): "
-                  f"p50 {statistics.median(ok) * 1e3:.0f} ms, p99 {p99o * 1e3:.0f} ms, "
-                  f"max {max(ok) * 1e3:.0f} ms")  # fmt: skip
-        print("targets: 0 expirations, lateness p99 <= 20 ms, <= 80 MB RSS and <= 5 % of a core idle")
+            workloads.poll(
+                "every speaker hearing its peers again",
+                lambda: live_peers(lab_plan) == heard, 60, interval=0.5,
+            )  # fmt: skip
+        return figures
     finally:
         for s in speakers.values():
             s.stop()
@@ -372,6 +432,22 @@ def main() -> None:
             ctl.terminate()
             ctl.wait(15)
         lab.down()
+
+
+def live_peers(lab_plan: LabPlan) -> dict[str, float | None]:
+    """How many speakers each speaker hears (itself included)."""
+    return {n: m.get("openelb_speaker_live_peers") for n, m in scrape(lab_plan).items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--nodes", type=int, default=50)
+    ap.add_argument("--services", type=int, default=10_000)
+    ap.add_argument("--churn", type=float, default=300.0, help="seconds of churn")
+    ap.add_argument("--idle", type=float, default=60.0, help="seconds of the idle window")
+    ap.add_argument("--runs", type=int, default=10, help="power-off failovers")
+    args = ap.parse_args()
+    run(args.nodes, args.services, args.churn, args.idle, args.runs).report()
 
 
 if __name__ == "__main__":

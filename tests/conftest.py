@@ -27,8 +27,8 @@ def _lab_capability() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def lab_plan() -> Iterator[LabPlan]:
+def _lab_ready() -> None:
+    """Skip where the lab cannot run; build its binaries if missing; take down a running lab."""
     why = _lab_capability()
     if why:
         pytest.skip(why)
@@ -39,6 +39,22 @@ def lab_plan() -> Iterator[LabPlan]:
     # so no earlier state or process can leak into the results.
     if lab.load_plan(Paths(lab.state_dir())) is not None:
         lab.down(quiet=True)
+
+
+@pytest.fixture
+def own_lab() -> Iterator[None]:
+    """For a test that brings up a lab of its own shape (and takes it down itself): none other runs."""
+    _lab_ready()
+    try:
+        yield
+    finally:
+        if lab.load_plan(Paths(lab.state_dir())) is not None:
+            lab.down(quiet=True)
+
+
+@pytest.fixture(scope="session")
+def lab_plan() -> Iterator[LabPlan]:
+    _lab_ready()
     plan = lab.up(3)
     try:
         yield plan

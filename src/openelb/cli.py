@@ -67,6 +67,12 @@ def _openelb_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     sp.add_argument("--kubeconfig")
     sp.add_argument("--enable-layer2", default="true", choices=("true", "false"))
     sp.add_argument("--enable-bgp", default="true", choices=("true", "false"), help="BGP mode (BgpConf/BgpPeer)")
+    sp.add_argument(
+        "--enable-keepalived-vip",
+        default="true",
+        choices=("true", "false"),
+        help="VIP mode (VRRPv3, in-process: no keepalived runs; Go OpenELB's flag, default false there)",
+    )
     sp.add_argument("--bgp-status-interval", type=float, default=30.0, help="seconds between BGP status writes")
     sp.add_argument("--bind-port", type=int, default=7946, help="UDP port of speaker heartbeats")
     sp.add_argument("--heartbeat-interval", type=float, default=0.05, help="seconds between heartbeats")
@@ -116,6 +122,7 @@ def _run_speaker(args: argparse.Namespace) -> int:
             interval=args.heartbeat_interval,
             dead_after=args.dead_after,
             enable_layer2=args.enable_layer2 == "true",
+            enable_vip=args.enable_keepalived_vip == "true",
             enable_bgp=args.enable_bgp == "true",
             bgp_status_interval=args.bgp_status_interval,
             metrics_addr=args.metrics_addr,

@@ -119,7 +119,9 @@ def collect(client: Client, policy: Policy | None = None) -> Snapshot:
                 mode,
                 ",".join(sorted({n for ip in ips for n in hops.get(ip, ())}))
                 if mode == "bgp"
-                else (md.annotations or {}).get(names.ANNOTATION_LAYER2_ANNOUNCER, ""),
+                else (md.annotations or {}).get(
+                    names.ANNOTATION_VIP_MASTER if mode == "vip" else names.ANNOTATION_LAYER2_ANNOUNCER, ""
+                ),
                 "" if ips else reasons.get(key, "waiting for the controller"),
             )
         )

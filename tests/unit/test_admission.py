@@ -65,3 +65,21 @@ def test_response_shape() -> None:
     )
     assert out["apiVersion"] == "admission.k8s.io/v1" and out["response"]["uid"] == "u1"
     assert out["response"]["allowed"] is False and out["response"]["status"]["code"] == 403
+
+
+def test_vip_annotations_are_checked_and_pins_may_not_overlap() -> None:
+    vrid, interval = "vip.openelb.kubesphere.io/vrid", "vip.openelb.kubesphere.io/advert-interval"
+    existing = [eip("a", "198.51.100.0/28", protocol="vip", interface="eth0", annotations={vrid: "40-47"})]
+
+    def review(**ann: str) -> Any:
+        obj = eip("b", "198.51.100.16/28", protocol="vip", interface="eth0", annotations=ann)
+        return review_eip({"operation": "CREATE", "object": obj}, existing)
+
+    assert review().allowed and review(**{vrid: "48", interval: "250ms"}).allowed
+    assert review(**{interval: "1s"}).allowed and review(**{interval: "0.5"}).allowed
+    clash = review(**{vrid: "45-50"})
+    assert not clash.allowed and "overlaps the VRIDs 40-47 of Eip a" in clash.message
+    for bad in ("0", "256", "9-3", "x", "1-2-3"):
+        assert "must" in review(**{vrid: bad}).message or "is not a VRID" in review(**{vrid: bad}).message, bad
+    for bad in ("0", "5ms", "41s", "fast", "15ms"):
+        assert "10ms-40.95s" in review(**{interval: bad}).message, bad

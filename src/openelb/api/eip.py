@@ -3,6 +3,7 @@ admission webhook and the controller (which re-checks them, since a webhook can 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,9 @@ class EipView:
     default: bool
     deleting: bool
     created: str
+    vrid: str = ""
+    """The raw `vip.openelb.kubesphere.io/vrid` annotation (`vip` Eips)."""
+    advert_interval: str = ""
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> EipView:
@@ -49,6 +53,8 @@ class EipView:
             default=is_default(ann),
             deleting=md.get("deletionTimestamp") is not None,
             created=str(md.get("creationTimestamp") or ""),
+            vrid=str(ann.get(names.ANNOTATION_VIP_VRID) or ""),
+            advert_interval=str(ann.get(names.ANNOTATION_VIP_ADVERT_INTERVAL) or ""),
         )
 
     def to_pool(self, rng: IPRange) -> Pool:
@@ -81,6 +87,12 @@ def validate(eip: EipView, others: Iterable[EipView]) -> list[str]:
         problems.append(f"protocol must be one of {', '.join(PROTOCOLS)}, not {eip.protocol!r}")
     if eip.protocol in ("layer2", "vip") and not eip.interface:
         problems.append("if protocol is layer2 or vip, interface should not be empty")
+    if eip.protocol == "vip":
+        for parse, text in ((parse_vrids, eip.vrid), (parse_advert_interval, eip.advert_interval)):
+            try:
+                parse(text)
+            except ValueError as exc:
+                problems.append(str(exc))
     for other in others:
         if other.name == eip.name:
             continue
@@ -93,4 +105,56 @@ def validate(eip: EipView, others: Iterable[EipView]) -> list[str]:
                 problems.append(f"eip address overlap with {other.name}")
             if eip.default and other.default and other_rng is not None and other_rng.version == rng.version:
                 problems.append(f"already exists a default EIP: {other.name} (one default per address family)")
+        clash = _vrid_clash(eip, other)
+        if clash:
+            problems.append(clash)
     return problems
+
+
+def _vrid_clash(eip: EipView, other: EipView) -> str | None:
+    """Two `vip` Eips pinning overlapping VRIDs would fight over one virtual router."""
+    if eip.protocol != "vip" or other.protocol != "vip":
+        return None
+    try:
+        mine, theirs = parse_vrids(eip.vrid), parse_vrids(other.vrid)
+    except ValueError:
+        return None
+    if mine and theirs and mine[0] <= theirs[1] and theirs[0] <= mine[1]:
+        return f"{names.ANNOTATION_VIP_VRID} {eip.vrid} overlaps the VRIDs {other.vrid} of Eip {other.name}"
+    return None
+
+
+DEFAULT_ADVERT_INTERVAL_CS = 10
+"""100 ms: a backup takes over ~0.35 s after the master falls silent (3 intervals + skew)."""
+
+
+def parse_vrids(text: str) -> tuple[int, int] | None:
+    """`vip.openelb.kubesphere.io/vrid`: `42` or `40-47` → (first, last); "" → None (chosen)."""
+    if not text.strip():
+        return None
+    first, sep, last = text.strip().partition("-")
+    try:
+        lo, hi = int(first), int(last) if sep else int(first)
+    except ValueError:
+        raise ValueError(f"{names.ANNOTATION_VIP_VRID}: {text!r} is not a VRID (1-255) or a range like 40-47") from None
+    if not 1 <= lo <= hi <= 255:
+        raise ValueError(f"{names.ANNOTATION_VIP_VRID}: {text!r} must lie within 1-255, first <= last")
+    return lo, hi
+
+
+def parse_advert_interval(text: str) -> int:
+    """`vip.openelb.kubesphere.io/advert-interval` → centiseconds (VRRPv3's unit): `100ms`,
+    `1s`, `0.5` (seconds, as keepalived's advert_int); "" → the default."""
+    t = text.strip()
+    if not t:
+        return DEFAULT_ADVERT_INTERVAL_CS
+    try:
+        seconds = float(t[:-2]) / 1000 if t.endswith("ms") else float(t[:-1] if t.endswith("s") else t)
+    except ValueError:
+        seconds = float("nan")
+    cs = 0 if math.isnan(seconds) else round(seconds * 100)
+    if not 1 <= cs <= 4095 or abs(cs / 100 - seconds) > 1e-9:
+        raise ValueError(
+            f"{names.ANNOTATION_VIP_ADVERT_INTERVAL}: {text!r} must be 10ms-40.95s in steps of 10ms (e.g. 100ms, 1s)"
+        )
+    return cs

@@ -22,6 +22,12 @@ ANNOTATION_SHARE_KEY = "lb.kubesphere.io/share-key"
 ANNOTATION_LEGACY_PROTOCOL = "protocol.openelb.kubesphere.io/v1alpha1"
 """Accepted and ignored: the protocol comes from the Eip since v0.6."""
 ANNOTATION_LAYER2_ANNOUNCER = "layer2.openelb.kubesphere.io/v1alpha1"
+ANNOTATION_VIP_MASTER = "vip.openelb.kubesphere.io/v1alpha1"
+"""New, on a Service: the node that is VRRP master for its IP (as the Layer2 announcer)."""
+ANNOTATION_VIP_VRID = "vip.openelb.kubesphere.io/vrid"
+"""New, on a `vip` Eip: the VRID (`42`) or VRID range (`40-47`) its virtual routers use."""
+ANNOTATION_VIP_ADVERT_INTERVAL = "vip.openelb.kubesphere.io/advert-interval"
+"""New, on a `vip` Eip: the VRRP advertisement interval (`100ms`, `1s`, `0.5`; default 100ms)."""
 
 LABEL_POOL = ANNOTATION_POOL
 LABEL_RACK = "openelb.kubesphere.io/rack"

@@ -15,7 +15,7 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from openelb.api.eip import EipView, validate
+from openelb.api.eip import DEFAULT_ADVERT_INTERVAL_CS, EipView, parse_advert_interval, parse_vrids, validate
 from openelb.ipam.allocator import Pool
 from openelb.ipam.ranges import IPAddress, IPRange, parse_range
 
@@ -31,6 +31,11 @@ class PoolInfo:
     interface: str
     disabled: bool
     deleting: bool
+    vrids: tuple[int, int] | None = None
+    """`vip`: the pinned VRID range, None to have one chosen."""
+    interval_cs: int = DEFAULT_ADVERT_INTERVAL_CS
+    """`vip`: the VRRP advertisement interval in centiseconds."""
+    created: str = ""
 
     @property
     def serving(self) -> bool:
@@ -59,9 +64,15 @@ class PoolModel:
                 continue
             accepted.append(eip)
             self.views[eip.name] = eip
+            vip = eip.protocol == "vip"
+            interval = parse_advert_interval(eip.advert_interval) if vip else DEFAULT_ADVERT_INTERVAL_CS
+            vrids = parse_vrids(eip.vrid) if vip else None
             self.pools.append(
-                PoolInfo(eip.name, parse_range(eip.address), eip.protocol, eip.interface, eip.disable, eip.deleting)
-            )
+                PoolInfo(
+                    eip.name, parse_range(eip.address), eip.protocol, eip.interface, eip.disable, eip.deleting,
+                    vrids, interval, eip.created,
+                )
+            )  # fmt: skip
         self._sorted: dict[int, list[PoolInfo]] = {4: [], 6: []}
         for p in sorted(self.pools, key=lambda p: p.range.first):
             self._sorted[p.range.version].append(p)

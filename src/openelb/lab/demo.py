@@ -20,7 +20,7 @@ from openelb.kube.resources import Eip
 from openelb.lab import binaries, install, netns, processes, router, workloads
 from openelb.lab.components import Paths
 from openelb.lab.lab import LabError, Progress, load_plan, state_dir
-from openelb.lab.plan import LabPlan
+from openelb.lab.plan import LabPlan, NodePlan
 
 
 def run(namespace: str = "demo") -> int:
@@ -94,6 +94,9 @@ def seed_walkthrough(client: Client, plan: LabPlan, paths: Paths, kubectl: str, 
         print(f"demo FAILED: ping exit {ping.returncode}, pods answering {sorted(set(seen))}", file=sys.stderr)
         return 1
     say(f"seed walkthrough done: {ip} answers ping, and curl reaches both pods")
+    vip = vip_walkthrough(client, plan, paths, kubectl, kc)
+    if vip is None:
+        return 1
     bgp_ip = bgp_walkthrough(client, plan, paths, kubectl, kc)
     if bgp_ip is None:
         return 1
@@ -103,6 +106,41 @@ def seed_walkthrough(client: Client, plan: LabPlan, paths: Paths, kubectl: str, 
         " `openelb lab down` when finished."
     )
     return 0
+
+
+def vip_walkthrough(client: Client, plan: LabPlan, paths: Paths, kubectl: str, kc: str) -> str | None:
+    """The seed's third mode: an Eip with `protocol: vip`. The VRRP master node holds the IP on
+    its eth0; its kernel answers ARP and ping and takes the Service's traffic."""
+    say = Progress()
+    seed = Path(__file__).resolve().parents[3] / "examples" / "seed"
+    for name in ("vip-eip.yaml", "vip-svc.yaml"):
+        print(f"$ kubectl apply -f examples/seed/{name}", flush=True)
+        subprocess.run([kubectl, kc, "apply", "-f", str(seed / name)], check=True)
+    ip = workloads.external_ip(client, "default", "vip-svc")
+    say(f"vip-svc got EXTERNAL-IP {ip} from vip-pool; waiting for the VRRP master to hold it")
+    holder = workloads.poll(f"a node holding {ip}", lambda: _holder(plan, ip), 30)
+    print(f"$ ip -br addr show eth0   (on {holder.name}, the VRRP master)", flush=True)
+    subprocess.run(netns.exec_argv(holder.netns, ["ip", "-br", "addr", "show", "eth0"]), check=False)
+    client_ns = plan.client.netns
+    print(f"$ ping {ip} -c 3", flush=True)
+    ping = subprocess.run(netns.exec_argv(client_ns, ["ping", ip, "-c", "3"]), check=False)
+    seen = workloads.collect_pod_names(client_ns, workloads.url(ip, 80), expected=2)
+    for name in seen[:4]:
+        print(f"$ curl {ip}\nYou've hit {name}")
+    if ping.returncode != 0 or len(set(seen)) < 2:
+        print(f"demo FAILED: VIP {ip}: ping exit {ping.returncode}, pods {sorted(set(seen))}", file=sys.stderr)
+        return None
+    say(f"VIP mode done: {holder.name} is VRRP master for {ip}; it answers ping and curl reaches both pods")
+    return ip
+
+
+def _holder(plan: LabPlan, ip: str) -> NodePlan | None:
+    for n in plan.nodes:
+        out = subprocess.run(netns.exec_argv(n.netns, ["ip", "-o", "addr", "show", "eth0"]), capture_output=True,
+                             text=True, check=False).stdout  # fmt: skip
+        if f" {ip}/" in out:
+            return n
+    return None
 
 
 def bgp_walkthrough(client: Client, plan: LabPlan, paths: Paths, kubectl: str, kc: str) -> str | None:

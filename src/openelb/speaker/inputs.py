@@ -116,7 +116,7 @@ def node_infos(nodes: Iterable[Node]) -> list[desired.NodeInfo]:
 
 # ---- informer transforms: what the speaker keeps of each object ----------------------------------
 
-SERVICE_ANNOTATIONS = (names.ANNOTATION_LAYER2_ANNOUNCER,)
+SERVICE_ANNOTATIONS = (names.ANNOTATION_LAYER2_ANNOUNCER, names.ANNOTATION_VIP_MASTER)
 """The annotations the speaker reads (the announcer marks compare before writing)."""
 
 

@@ -41,6 +41,9 @@ from openelb.speaker.liveness import Heartbeats
 from openelb.speaker.marks import AnnouncerMarks
 from openelb.speaker.metrics import SpeakerCollector
 from openelb.speaker.plan import Plan, full
+from openelb.speaker.vip import VipEngine
+from openelb.speaker.vip_host import VipAddresses
+from openelb.speaker.vip_plan import GroupKey, RouterConfig
 
 log = logging.getLogger("openelb.speaker")
 GRACE_SECONDS = 5.0
@@ -58,6 +61,8 @@ class SpeakerOptions:
     dead_after: float = 0.2
     enable_layer2: bool = True
     enable_bgp: bool = True
+    enable_vip: bool = True
+    """VIP mode (VRRPv3 in-process); Go OpenELB's `--enable-keepalived-vip`."""
     bgp_status_interval: float = 30.0
     local_addresses: bool = True
     metrics_addr: str = "0.0.0.0:50053"
@@ -95,6 +100,23 @@ class Speaker:
             settle=opts.announce_settle,
             rate=opts.announce_rate,
         )
+        self.vip: VipEngine | None = None
+        self.vip_host: VipAddresses | None = None
+        self.vip_ips: dict[str, RouterConfig] = {}
+        """IP → the router this node is VRRP master of that holds it."""
+        self.vip_marks = AnnouncerMarks(
+            self.client,
+            opts.node,
+            self.recorder,
+            self._service,
+            self._vip_owned,
+            settle=opts.announce_settle,
+            rate=opts.announce_rate,
+            annotation=names.ANNOTATION_VIP_MASTER,
+            reason="VIPMaster",
+            doing="is VRRP master for",
+        )
+        self._warned: set[tuple[str, str]] = set()
         self.ready = False
         self.bgp = (
             BgpMode(self.client, opts.node, self.recorder, self._own_node, opts.bgp_status_interval)
@@ -157,6 +179,27 @@ class Speaker:
         ann = self.plan.layer2.get(ip)
         return ann if ann is not None and ann.owner == self.opts.node and self.ready else None
 
+    def _vip_owned(self, ip: str) -> desired.Announcement | None:
+        cfg = self.vip_ips.get(ip) if self.ready else None
+        if cfg is None:
+            return None
+        users = tuple(sorted(self.plan.ip_users.get(ip, ())))
+        return desired.Announcement(ip, cfg.eip, cfg.interface, self.opts.node, users, ())
+
+    def _vip_state(self, key: GroupKey, cfg: RouterConfig, master: bool) -> None:
+        """From the VRRP thread: this node became master or backup of a router."""
+        self.counts["vip_transitions"] += 1
+        for ip in cfg.addresses:
+            held = self.vip_ips.get(ip)
+            if master:
+                self.vip_ips[ip] = cfg
+                ann = self._vip_owned(ip)
+                if ann is not None:
+                    self.vip_marks.gained(ann)
+            elif held is not None and (held.eip, held.vrid) == (cfg.eip, cfg.vrid):
+                del self.vip_ips[ip]
+        self._log_ips(f"VRRP {'master' if master else 'backup'} of {key[0]} vrid {cfg.vrid} for", set(cfg.addresses))
+
     # ---- pools: Eip specs and interfaces, resolved off the loop --------------------------------
 
     async def _pools_loop(self) -> None:
@@ -174,7 +217,12 @@ class Speaker:
                 self._resolved.clear()
             interfaces: dict[str, str | None] = {}
             for pool in model.pools:
-                if pool.protocol == "layer2" and pool.serving and self.opts.enable_layer2:
+                if pool.protocol == "vip" and pool.serving and not self.opts.enable_vip:
+                    off = f"{self.opts.node}: VIP mode is off on this speaker (--enable-keepalived-vip=false)"
+                    self._warn_eip(pool.name, "VIPModeDisabled", f"{off}: nothing announces this Eip's IPs here")
+                    continue
+                wanted = (pool.protocol == "layer2" and self.opts.enable_layer2) or pool.protocol == "vip"
+                if wanted and pool.serving:
                     key = (pool.name, pool.interface, pool.range)
                     if key not in self._resolved:
                         self._resolved[key] = await loop.run_in_executor(None, self._resolve, pool)
@@ -182,7 +230,20 @@ class Speaker:
             for stale in [k for k in self._resolved if k[0] not in interfaces]:
                 del self._resolved[stale]
             self.plan.set_pools(model, interfaces)
+            for eip, problem in self.plan.vip.problems.items():
+                self._warn_eip(eip, "VRIDConflict", f"{problem}; this Eip's IPs are not announced")
             self._schedule()
+
+    def _warn_eip(self, eip: str, reason: str, message: str) -> None:
+        """A Warning Event on the Eip, once per speaker run and reason."""
+        if (eip, reason) in self._warned:
+            return
+        self._warned.add((eip, reason))
+        log.warning("eip %s: %s", eip, message)
+        obj = self.eips.store.get(eip)
+        uid = obj.metadata.uid if obj is not None and obj.metadata else None
+        target = Target("Eip", eip, None, uid, api_version=f"{names.GROUP}/{names.VERSION}")
+        self.recorder.emit(target, "Warning", reason, message)
 
     def _resolve(self, pool: PoolInfo) -> str | None:
         """On an executor thread: netlink round trips."""
@@ -190,7 +251,7 @@ class Speaker:
             ifname = hostnet.resolve(pool.interface)
             subnets = hostnet.subnets(ifname)
         except OSError as exc:
-            log.warning("eip %s unusable for layer2 on %s: %s", pool.name, self.opts.node, exc)
+            log.warning("eip %s unusable for %s on %s: %s", pool.name, pool.protocol, self.opts.node, exc)
             return None
         rng = pool.range
         inside = any(
@@ -240,6 +301,8 @@ class Speaker:
         if changes.bgp and self.bgp is not None:
             self.bgp.update_routes(changes.bgp)
             self._claim_bgp(changes.bgp)
+        if changes.vip and self.vip is not None:
+            self.vip.configure(changes.vip)
 
     def _log_ips(self, what: str, ips: set[str]) -> None:
         if len(ips) <= LOG_EACH_IP:
@@ -371,9 +434,13 @@ class Speaker:
             self.watcher = hostnet.NetWatcher(loop, self._net_events, ignore_index=self.host.index)
         if self.opts.enable_layer2:
             self.announcer = Layer2Announcer(loop, self.host)
+        if self.opts.enable_vip and self.opts.local_addresses:
+            self.vip_host = await loop.run_in_executor(None, VipAddresses)
+            self.vip = VipEngine(self._vip_state, self.vip_host)
         self.ready = True
         self.heartbeats.ready = True
         tasks.append(asyncio.create_task(self.marks.run()))
+        tasks.append(asyncio.create_task(self.vip_marks.run()))
         if self.opts.check_interval > 0:
             tasks.append(asyncio.create_task(self._check()))
         if self.bgp is not None:
@@ -388,6 +455,10 @@ class Speaker:
             for t in tasks:
                 t.cancel()
             self.heartbeats.leave()  # peers take over at once
+            if self.vip is not None:
+                await loop.run_in_executor(None, self.vip.close)  # priority 0: backups take over now
+            if self.vip_host is not None:
+                await loop.run_in_executor(None, self.vip_host.close)
             if self.announcer:
                 self.announcer.close()
             if self.bgp is not None:

@@ -1,4 +1,5 @@
-"""The Layer2 announcer annotation (`layer2.openelb.kubesphere.io/v1alpha1: <node>`) on Services.
+"""The announcer annotation on Services: Layer2's `layer2.openelb.kubesphere.io/v1alpha1: <node>`,
+and VIP mode's `vip.openelb.kubesphere.io/v1alpha1: <node>` (the VRRP master).
 
 Written by the owner only, and only for an ownership that has lasted `settle` seconds (an IP
 that moves and comes back writes nothing), at most `rate` writes per second per speaker, never a
@@ -35,6 +36,9 @@ class AnnouncerMarks:
         *,
         settle: float = 2.0,
         rate: float = 20.0,
+        annotation: str = names.ANNOTATION_LAYER2_ANNOUNCER,
+        reason: str = "Layer2Announcer",
+        doing: str = "answers ARP/NDP for",
     ) -> None:
         self.client = client
         self.node = node
@@ -44,6 +48,7 @@ class AnnouncerMarks:
         """ip → its announcement while this node owns it."""
         self.settle = settle
         self.rate = rate
+        self.annotation, self.reason, self.doing = annotation, reason, doing
         self._due: dict[str, tuple[float, str]] = {}
         """Service key → (when, ip): insertion order is due order (same settle for all)."""
         self._wake = asyncio.Event()
@@ -58,7 +63,7 @@ class AnnouncerMarks:
 
     def _annotated(self, svc: Service | None) -> str | None:
         md = svc.metadata if svc else None
-        return ((md.annotations if md else None) or {}).get(names.ANNOTATION_LAYER2_ANNOUNCER)
+        return ((md.annotations if md else None) or {}).get(self.annotation)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -88,7 +93,7 @@ class AnnouncerMarks:
             await self.client.patch(
                 Service,
                 name,
-                {"metadata": {"annotations": {names.ANNOTATION_LAYER2_ANNOUNCER: self.node}}},
+                {"metadata": {"annotations": {self.annotation: self.node}}},
                 namespace=ns,
                 patch_type=PatchType.MERGE,
             )
@@ -100,7 +105,7 @@ class AnnouncerMarks:
         self.recorder.emit(
             Target("Service", name, ns, uid),
             "Normal",
-            "Layer2Announcer",
-            f"{self.node} answers ARP/NDP for {ann.ip} on {ann.interface}",
+            self.reason,
+            f"{self.node} {self.doing} {ann.ip} on {ann.interface}",
         )
         return True

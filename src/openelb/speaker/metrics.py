@@ -80,3 +80,35 @@ class SpeakerCollector:
                 if st.bfd != "disabled":
                     bfd.add_metric(key, float(st.bfd == "up"))
             yield from (up, paths, bfd, flaps)
+        yield from _vip_metrics(sp)
+
+
+VIP_BAD = (("bad_ttl", "ttl"), ("bad_packet", "packet"), ("unknown_vrid", "unknown_vrid"))
+
+
+def _vip_metrics(sp: Speaker) -> Iterator[Metric]:
+    """Per router (bounded by the VRIDs, 255 at most), not per IP: 10,000 IPs stay 10,000 fewer series."""
+    routers = sp.plan.vip.routers
+    masters = dict(sp.vip.masters) if sp.vip else {}
+    state = GaugeMetricFamily(
+        "openelb_vip_master", "1 while this node is VRRP master of the router, 0 while backup", labels=["eip", "vrid"]
+    )
+    for key, cfg in sorted(routers.items()):
+        state.add_metric([key[0], str(cfg.vrid)], float(key in masters))
+    yield state
+    yield _gauge("openelb_vip_master_ips", "IPs this node holds as VRRP master", float(len(sp.vip_ips)))
+    stats = sp.vip.stats if sp.vip else {}
+    yield _counter("openelb_vip_transitions", "VRRP master/backup transitions", float(stats.get("transitions", 0)))
+    yield _counter("openelb_vip_adverts_sent", "VRRP advertisements sent", float(stats.get("adverts_sent", 0)))
+    yield _counter(
+        "openelb_vip_adverts_received", "VRRP advertisements received for our routers",
+        float(stats.get("adverts_received", 0)),
+    )  # fmt: skip
+    bad = CounterMetricFamily("openelb_vip_bad_adverts", "VRRP packets dropped, by reason", labels=["reason"])
+    for stat, reason in VIP_BAD:
+        bad.add_metric([reason], float(stats.get(stat, 0)))
+    yield bad
+    yield _gauge(
+        "openelb_vip_unannounced_node_sets", "Local node sets without a VRID left (pin a larger range)",
+        float(len(sp.plan.vip.unannounced)),
+    )  # fmt: skip

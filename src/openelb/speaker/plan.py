@@ -11,7 +11,8 @@ here well under a millisecond):
   speaker dying or returning touches only those IPs and a node turning eligible only the IPs
   whose last candidate it outranks;
 - BGP: one shared next-hop tuple per family for IPs without a Local Service (a node change
-  rebuilds it once), per-IP tuples only for the Local ones.
+  rebuilds it once), per-IP tuples only for the Local ones;
+- VIP: the IPs of `vip` pools go to `speaker.vip_plan` (virtual routers and priorities).
 
 Inputs equal to the previous ones change nothing: a Service event caused by our own annotation
 write, or a Node status heartbeat, costs one comparison. `take_changes` hands out what changed
@@ -29,6 +30,7 @@ from openelb.api import names
 from openelb.ipam.pools import PoolInfo, PoolModel
 from openelb.speaker import desired
 from openelb.speaker.desired import TOP, Announcement, NodeInfo, ServiceInfo, rank
+from openelb.speaker.vip_plan import GroupKey, RouterConfig, VipPlan
 
 FULL_MESH_NODES = 16
 """Up to this many nodes every speaker heartbeats every other one, and BGP next hops follow the
@@ -46,9 +48,11 @@ class Changes:
     bgp: dict[str, Hops | None] = field(default_factory=dict)
     owner_moves: int = 0
     """Layer2 IPs whose owner went from one node to another (not to or from nobody)."""
+    vip: dict[GroupKey, RouterConfig | None] = field(default_factory=dict)
+    """VIP mode: the virtual routers this node runs (`speaker.vip_plan`)."""
 
     def __bool__(self) -> bool:
-        return bool(self.layer2 or self.bgp)
+        return bool(self.layer2 or self.bgp or self.vip)
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,7 @@ class Plan:
         """Counts input changes: a full recompute of a snapshot is comparable while it is unchanged."""
         self._peers_dirty = True
         self._peers: set[str] = set()
+        self.vip = VipPlan(me)
 
     # ---- inputs ---------------------------------------------------------------------------------
 
@@ -164,6 +169,8 @@ class Plan:
             self.eligible.add(name)
         else:
             self.eligible.discard(name)
+        if was != now:
+            self.vip.set_eligible(self.eligible)
         if was and not now:
             for ip in list(self.candidate_of.get(name, ())):
                 self._layer2_ip(ip)
@@ -215,6 +222,7 @@ class Plan:
         old_ifaces = self.interfaces
         self.pools, self.interfaces = model, dict(interfaces)
         self._pool_cache.clear()
+        self.vip.set_pools(model, interfaces)
         for ip in list(self.ip_users):
             before, after = old.pool_of(ip), model.pool_of(ip)
             if before != after or (after is not None and old_ifaces.get(after.name) != self.interfaces.get(after.name)):
@@ -224,6 +232,7 @@ class Plan:
 
     def take_changes(self) -> Changes:
         out, self._changes = self._changes, Changes()
+        out.vip = self.vip.take_changes()
         return out
 
     def owner(self, ip: str) -> str | None:
@@ -317,6 +326,11 @@ class Plan:
             self._allowed.pop(ip, None)
         self._layer2_ip(ip)
         self._bgp_ip(ip)
+        pool = self._pool(ip) if ip in self.ip_users else None
+        if pool is not None and pool.protocol == "vip":
+            self.vip.set_ip(ip, pool.name, self._allowed.get(ip))
+        else:
+            self.vip.set_ip(ip, None, None)
 
     def _layer2_ip(self, ip: str) -> None:
         """Candidates (ranked) and owner of one IP from scratch: O(eligible nodes)."""

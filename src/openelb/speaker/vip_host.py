@@ -1,0 +1,181 @@
+"""VIP mode's addresses on the node's own interfaces, and their gratuitous announcements.
+
+A VRRP master holds its virtual router's IPs as /32 and /128 addresses on the Eip's interface, so
+the node's kernel answers ARP/NDP and ping for them and takes the Service traffic. Every address
+added here carries `IFA_PROTO = IFA_PROTO_OPENELB`: at start the speaker removes every address
+with that mark (a predecessor killed with SIGKILL leaves nothing behind once it restarts), and it
+never touches an address it did not add. Netlink writes and the gratuitous ARP / unsolicited NA
+that follow them run on a worker thread: a master taking over a thousand IPs never delays the
+VRRP thread's adverts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import queue
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterable
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from openelb.protocols import arp, ndp
+from openelb.speaker.hostnet import IFA_F_NODAD
+from openelb.speaker.layer2 import ETH_P_ARP, mac_of
+
+log = logging.getLogger("openelb.speaker.vip")
+IFA_PROTO_OPENELB = 79
+"""The mark on our addresses (`ip -d addr` shows `proto 79`)."""
+ANNOUNCE_AGAIN = (0.5, 2.0)
+"""Gratuitous announcements repeated after these seconds (switches that missed the first)."""
+
+Op = tuple[str, str, tuple[str, ...]]
+
+
+class VipAddresses:
+    def __init__(self) -> None:
+        self._ipr = IPRoute()
+        self.held: dict[str, str] = {}
+        """IP → the interface it is on (written by the worker; read for metrics and tests)."""
+        self.errors = 0
+        self.removed_stale = self._remove_marked()
+        self._queue: queue.Queue[tuple[float, Op] | None] = queue.Queue()
+        self._later: list[tuple[float, Op]] = []
+        self._arp: dict[str, socket.socket] = {}
+        self._icmp6: socket.socket | None = None
+        self._idle = threading.Event()
+        self._idle.set()
+        self._thread = threading.Thread(target=self._work, name="openelb-vip-addresses", daemon=True)
+        self._thread.start()
+
+    def hold(self, ifname: str, ips: Iterable[str]) -> None:
+        self._put(("hold", ifname, tuple(ips)))
+
+    def release(self, ifname: str, ips: Iterable[str]) -> None:
+        self._put(("release", ifname, tuple(ips)))
+
+    def wait_idle(self, timeout: float) -> bool:
+        return self._idle.wait(timeout)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+        for ip, ifname in list(self.held.items()):
+            self._address("del", ifname, ip)
+        for s in self._arp.values():
+            s.close()
+        if self._icmp6 is not None:
+            self._icmp6.close()
+        self._ipr.close()
+
+    # ---- the worker ----------------------------------------------------------------------------
+
+    def _put(self, op: Op) -> None:
+        if op[2]:
+            self._idle.clear()
+            self._queue.put((0.0, op))
+
+    def _remove_marked(self) -> int:
+        """Addresses a previous speaker on this node added and never removed (it was killed)."""
+        removed = 0
+        with contextlib.suppress(NetlinkError, OSError):
+            for a in self._ipr.get_addr():
+                if a.get("IFA_PROTO") == IFA_PROTO_OPENELB:
+                    with contextlib.suppress(NetlinkError):
+                        self._ipr.addr("del", index=a["index"], address=a.get("IFA_ADDRESS"), prefixlen=a["prefixlen"])
+                        removed += 1
+        if removed:
+            log.info("removed %d VIP addresses left by a previous speaker on this node", removed)
+        return removed
+
+    def _work(self) -> None:
+        while True:
+            timeout = max(0.0, self._later[0][0] - time.monotonic()) if self._later else None
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                item = self._later.pop(0)
+            if item is None:
+                return
+            _when, (what, ifname, ips) = item
+            if what == "hold":
+                for ip in ips:
+                    if self._address("replace", ifname, ip):
+                        self.held[ip] = ifname
+                self._announce(ifname, ips)
+                now = time.monotonic()
+                self._later.extend((now + d, ("announce", ifname, ips)) for d in ANNOUNCE_AGAIN)
+                self._later.sort(key=lambda x: x[0])
+            elif what == "release":
+                for ip in ips:
+                    if self.held.get(ip) == ifname:
+                        self._address("del", ifname, ip)
+                        del self.held[ip]
+            else:
+                self._announce(ifname, tuple(ip for ip in ips if self.held.get(ip) == ifname))
+            if self._queue.empty():
+                self._idle.set()
+
+    def _address(self, op: str, ifname: str, ip: str) -> bool:
+        v6 = ":" in ip
+        try:
+            index = socket.if_nametoindex(ifname)
+            kw: dict[str, object] = {"index": index, "address": ip, "prefixlen": 128 if v6 else 32}
+            if op != "del":
+                kw["proto"] = IFA_PROTO_OPENELB
+                if v6:
+                    kw["flags"] = IFA_F_NODAD
+            self._ipr.addr(op, **kw)
+            return True
+        except NetlinkError as exc:
+            if op == "del" and exc.code == 99:  # EADDRNOTAVAIL: already gone
+                return True
+            self.errors += 1
+            log.warning("cannot %s %s on %s: %s", op, ip, ifname, exc)
+        except OSError as exc:
+            self.errors += 1
+            log.warning("cannot %s %s on %s: %s", op, ip, ifname, exc)
+        return False
+
+    def _announce(self, ifname: str, ips: tuple[str, ...]) -> None:
+        """Gratuitous ARP (request and reply) per IPv4 address, an unsolicited override NA per
+        IPv6 one: neighbours and switches move to this node at once."""
+        try:
+            mac = mac_of(ifname)
+            for ip in ips:
+                addr = ipaddress.ip_address(ip)
+                if isinstance(addr, ipaddress.IPv4Address):
+                    sock = self._arp_socket(ifname)
+                    for op in (arp.OP_REQUEST, arp.OP_REPLY):
+                        sock.send(arp.build(arp.gratuitous(addr, mac, op)))
+                else:
+                    self._send_na(ifname, addr, mac)
+        except OSError as exc:
+            log.warning("gratuitous announcement on %s failed: %s", ifname, exc)
+
+    def _arp_socket(self, ifname: str) -> socket.socket:
+        sock = self._arp.get(ifname)
+        if sock is None:
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
+            sock.bind((ifname, ETH_P_ARP))
+            self._arp[ifname] = sock
+        return sock
+
+    def _send_na(self, ifname: str, addr: ipaddress.IPv6Address, mac: bytes) -> None:
+        if self._icmp6 is None:
+            s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
+            self._icmp6 = s
+        index = socket.if_nametoindex(ifname)
+        na = ndp.NeighborAdvertisement(addr, mac, solicited=False, override=True)
+        pktinfo = addr.packed + struct.pack("@I", index)
+        self._icmp6.sendmsg(
+            [ndp.build_na(na)], [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, pktinfo)], 0,
+            (str(ndp.ALL_NODES), 0, 0, index),
+        )  # fmt: skip
