@@ -9,6 +9,7 @@ change that changes nothing, a speaker dying (heartbeats stop) and a Node going 
 The baseline, in the same run on the same inputs, is the full recompute `speaker.desired`
 (what every event cost before: Layer2 announcements + BGP next hops over everything).
 Targets at 10,000 x 500: <= 1 ms per Service/EndpointSlice change, <= 50 ms per node death.
+VIP mode's rows: every Service in one `vip` Eip instead, incremental `VipPlan` vs `full_routers`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from openelb.api.eip import EipView
 from openelb.ipam.pools import PoolModel
 from openelb.speaker.desired import NodeInfo, ServiceInfo
 from openelb.speaker.plan import Plan
+from openelb.speaker.vip_plan import VipPlan, full_routers
 
 
 def view(name: str, address: str, protocol: str) -> EipView:
@@ -121,6 +123,41 @@ def run(services: int, nodes: int, events: int) -> dict[str, tuple[float, float]
     full = time.perf_counter() - t0
     rows["full recompute (baseline)"] = (full, full)
     assert plan.consistent(), "incremental plan differs from the full recompute"
+    rows.update(vip_rows(services, nodes, events))
+    return rows
+
+
+def vip_rows(services: int, nodes: int, events: int) -> dict[str, tuple[float, float]]:
+    """VIP mode: every Service in one `vip` Eip (16 VRIDs: ~services/8 IPs per router); its
+    baseline is `full_routers`, the same answer from scratch."""
+    vip = VipPlan("node-1")
+    model = PoolModel([view("vip", "198.18.0.0/16", "vip")])
+    vip.set_pools(model, {"vip": "eth0"})
+    names = [f"node-{i}" for i in range(1, nodes + 1)]
+    vip.set_eligible(names)
+    ips = [f"198.18.{i // 256}.{i % 256}" for i in range(services)]
+    for ip in ips:
+        vip.set_ip(ip, "vip", None)
+    vip.take_changes()
+
+    def ip_change(i: int) -> None:  # externalTrafficPolicy flips: another router
+        ip = ips[(i * 7919) % len(ips)]
+        vip.set_ip(ip, "vip", frozenset(names[:2]) if vip.ips[ip][1] is None else None)
+        vip.take_changes()
+
+    def node_down(i: int) -> None:
+        vip.set_eligible(set(names) - {names[(i % (nodes - 1)) + 1]})
+        vip.take_changes()
+        vip.set_eligible(names)
+        vip.take_changes()
+
+    rows = {"vip: Service change": per_event(events, ip_change)}
+    few = per_event(max(3, min(events, 20)), node_down)
+    rows["vip: Node NotReady + Ready"] = (few[0] / 2, few[1] / 2)
+    t0 = time.perf_counter()
+    assert full_routers("node-1", vip.ips, model, {"vip": "eth0"}, names) == vip.routers
+    full = time.perf_counter() - t0
+    rows["vip: full recompute (baseline)"] = (full, full)
     return rows
 
 

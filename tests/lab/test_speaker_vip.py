@@ -195,6 +195,12 @@ def test_deleting_the_eip_leaves_the_ip_on_no_node(
     )
     (ip,) = wait_ips(kube, ns, "gone")
     one_holder(lab_plan, ip)
+    # disabled: announced by nobody at once (the IP stays assigned); enabled again: back
+    workloads.apply(kube, eip("vip-gone", "198.18.0.238-198.18.0.239", protocol="vip", interface="eth0", disable=True))
+    workloads.poll(f"{ip} on no node (Eip disabled)", lambda: holders(lab_plan, ip) == [], 15, interval=0.2)
+    assert wait_ips(kube, ns, "gone") == [ip]
+    workloads.apply(kube, eip("vip-gone", "198.18.0.238-198.18.0.239", protocol="vip", interface="eth0"))
+    one_holder(lab_plan, ip)
     kube.delete(Service, "gone", namespace=ns)
     delete_eip(kube, "vip-gone")
     workloads.poll(f"{ip} on no node", lambda: holders(lab_plan, ip) == [], 15, interval=0.2)

@@ -210,6 +210,7 @@ def test_vrrp_against_keepalived_failover_and_leftovers(segment: None) -> None:
         bad = r"""
 import socket, struct
 s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 112)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("203.0.113.9"))
 s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
 good = bytes([0x31, VRID, 255, 1, 0, 10, 0, 0]) + socket.inet_aton("VIP4")
 s.sendto(good, ("224.0.0.18", 0))  # TTL 1 (and no checksum)

@@ -107,3 +107,12 @@ def test_release_names_follow_openelb_rules(helm: str) -> None:
     assert names == {"lb-openelb-controller"}
     names = {d["metadata"]["name"] for d in render(helm, release="my-openelb") if d["kind"] == "Deployment"}
     assert names == {"my-openelb-controller"}
+
+
+def test_speaker_modes_follow_openelbs_chart_keys(helm: str) -> None:
+    def args(*sets: str) -> list[str]:
+        (ds,) = [d for d in render(helm, *sets) if d["kind"] == "DaemonSet"]
+        return list(ds["spec"]["template"]["spec"]["containers"][0]["args"])
+
+    assert "--enable-keepalived-vip=true" in args() and "--enable-layer2=true" in args()
+    assert "--enable-keepalived-vip=false" in args("speaker.vip=false")

@@ -85,13 +85,7 @@ def seed_walkthrough(client: Client, plan: LabPlan, paths: Paths, kubectl: str, 
     say(f"layer2-svc got EXTERNAL-IP {ip} from eip-pool; from the client host:")
     client_ns = plan.client.netns
     workloads.poll(f"an ARP answer for {ip}", lambda: _arp_answered(client_ns, ip), 30)
-    print(f"$ ping {ip} -c 5", flush=True)
-    ping = subprocess.run(netns.exec_argv(client_ns, ["ping", ip, "-c", "5"]), check=False)
-    seen = workloads.collect_pod_names(client_ns, workloads.url(ip, 80), expected=2)
-    for name in seen[:6]:
-        print(f"$ curl {ip}\nYou've hit {name}")
-    if ping.returncode != 0 or len(set(seen)) < 2:
-        print(f"demo FAILED: ping exit {ping.returncode}, pods answering {sorted(set(seen))}", file=sys.stderr)
+    if not _ping_and_curl(client_ns, ip, pings=5):
         return 1
     say(f"seed walkthrough done: {ip} answers ping, and curl reaches both pods")
     vip = vip_walkthrough(client, plan, paths, kubectl, kc)
@@ -121,17 +115,23 @@ def vip_walkthrough(client: Client, plan: LabPlan, paths: Paths, kubectl: str, k
     holder = workloads.poll(f"a node holding {ip}", lambda: _holder(plan, ip), 30)
     print(f"$ ip -br addr show eth0   (on {holder.name}, the VRRP master)", flush=True)
     subprocess.run(netns.exec_argv(holder.netns, ["ip", "-br", "addr", "show", "eth0"]), check=False)
-    client_ns = plan.client.netns
-    print(f"$ ping {ip} -c 3", flush=True)
-    ping = subprocess.run(netns.exec_argv(client_ns, ["ping", ip, "-c", "3"]), check=False)
-    seen = workloads.collect_pod_names(client_ns, workloads.url(ip, 80), expected=2)
-    for name in seen[:4]:
-        print(f"$ curl {ip}\nYou've hit {name}")
-    if ping.returncode != 0 or len(set(seen)) < 2:
-        print(f"demo FAILED: VIP {ip}: ping exit {ping.returncode}, pods {sorted(set(seen))}", file=sys.stderr)
+    if not _ping_and_curl(plan.client.netns, ip, pings=3):
         return None
     say(f"VIP mode done: {holder.name} is VRRP master for {ip}; it answers ping and curl reaches both pods")
     return ip
+
+
+def _ping_and_curl(client_ns: str, ip: str, pings: int) -> bool:
+    """From the client host: ping the IP, then curl it until both pods answered (shown)."""
+    print(f"$ ping {ip} -c {pings}", flush=True)
+    ping = subprocess.run(netns.exec_argv(client_ns, ["ping", ip, "-c", str(pings)]), check=False)
+    seen = workloads.collect_pod_names(client_ns, workloads.url(ip, 80), expected=2)
+    for name in seen[:6]:
+        print(f"$ curl {ip}\nYou've hit {name}")
+    if ping.returncode != 0 or len(set(seen)) < 2:
+        print(f"demo FAILED: {ip}: ping exit {ping.returncode}, pods answering {sorted(set(seen))}", file=sys.stderr)
+        return False
+    return True
 
 
 def _holder(plan: LabPlan, ip: str) -> NodePlan | None:

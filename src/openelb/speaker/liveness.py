@@ -37,6 +37,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from openelb.speaker.liveness_child import TICK, Config, Report
 
 log = logging.getLogger("openelb.speaker.liveness")
+STALL_WARNING = 2.0
+"""A tick this many seconds late is logged and counted (`openelb_speaker_loop_stalls_total`)."""
 
 
 class Heartbeats:
@@ -71,6 +73,9 @@ class Heartbeats:
         self._conn: Connection | None = None
         self._proc: Any = None
         self._ticker: asyncio.TimerHandle | None = None
+        self.stalls = 0
+        """Ticks that came more than STALL_WARNING late (the loop was blocked)."""
+        self._due: float | None = None
         self.settled = asyncio.Event()
         """Set once the child has listened for `dead_after`: only then may the speaker claim IPs,
         or a restart would briefly grab every IP it is a candidate for."""
@@ -112,6 +117,14 @@ class Heartbeats:
         self._tick()
 
     def _tick(self) -> None:
+        now = self.loop.time()
+        due = self._due if self._due is not None else now
+        if now - due > STALL_WARNING:
+            # The loop ran nothing for that long: no ARP answer, no plan change either. Said
+            # here because only the loop's own clock can tell (a CPU-starved node, a long GC).
+            self.stalls += 1
+            log.warning("the speaker's event loop was blocked for %.1f s (CPU starved or a long step)", now - due)
+        self._due = now + TICK
         self._send("tick", None)
         self._ticker = self.loop.call_later(TICK, self._tick)
 

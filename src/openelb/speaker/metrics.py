@@ -63,6 +63,10 @@ class SpeakerCollector:
         yield _counter(
             "openelb_speaker_announcer_writes", "Service announcer annotations written", float(sp.marks.writes)
         )
+        yield _counter(
+            "openelb_speaker_loop_stalls", "times the speaker's event loop was blocked for more than 2 s",
+            float(sp.heartbeats.stalls if sp.heartbeats else 0),
+        )  # fmt: skip
         alive = sp.heartbeats.alive if sp.heartbeats else frozenset({sp.opts.node})
         yield _gauge("openelb_speaker_live_peers", "speakers heard, this one included", float(len(alive)))
         backend = sp.bgp.backend if sp.bgp else None

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from openelb.ipam.pools import PoolInfo, PoolModel
@@ -102,16 +102,22 @@ def group_of(ip: str, pool: PoolInfo, vrids: tuple[int, ...], allowed: frozenset
     return "l:" + ",".join(sorted(allowed))
 
 
-def priority_of(me: str, candidates: Iterable[str], router: str) -> tuple[int, str] | None:
-    """(this node's priority, the expected master) among `candidates`; None if not one."""
-    ranked = sorted(candidates, key=lambda n: _h(f"{router}#{n}"))
-    if me not in ranked:
+def node_rank(router: str, node: str) -> int:
+    return _h(f"{router}#{node}")
+
+
+def priority_of(
+    me: str, candidates: Iterable[str], router: str, rank: Callable[[str, str], int] = node_rank
+) -> tuple[int, str] | None:
+    """(this node's priority, the expected master) among `candidates`; None if not one.
+    O(candidates) comparisons: my rank is how many candidates hash below me."""
+    cands = list(candidates)
+    if me not in cands:
         return None
-    return max(1, MAX_PRIORITY - ranked.index(me)), ranked[0]
-
-
-def _ip_sort_key(ip: str) -> int:
-    return int(ipaddress.ip_address(ip))
+    mine = rank(router, me)
+    below = sum(1 for n in cands if rank(router, n) < mine)
+    top = min(cands, key=lambda n: rank(router, n))
+    return max(1, MAX_PRIORITY - below), top
 
 
 class VipPlan:
@@ -132,6 +138,10 @@ class VipPlan:
         """Local node sets beyond their Eip's VRIDs."""
         self._dirty: set[GroupKey] = set()
         self._changes: dict[GroupKey, RouterConfig | None] = {}
+        self._ranks: dict[str, dict[str, int]] = {}
+        """router → node → its hash: computed once (a node change then costs comparisons),
+        dropped with the router."""
+        self._ip_int: dict[str, int] = {}
 
     # ---- inputs ---------------------------------------------------------------------------------
 
@@ -141,6 +151,7 @@ class VipPlan:
             return
         if new is None:
             del self.ips[ip]
+            self._ip_int.pop(ip, None)
         else:
             self.ips[ip] = new
         self._place(ip)
@@ -182,6 +193,21 @@ class VipPlan:
 
     # ---- internals ------------------------------------------------------------------------------
 
+    def _rank(self, router: str, node: str) -> int:
+        ranks = self._ranks.setdefault(router, {})
+        try:
+            return ranks[node]
+        except KeyError:
+            r = ranks[node] = node_rank(router, node)
+            return r
+
+    def _ip_key(self, ip: str) -> int:
+        try:
+            return self._ip_int[ip]
+        except KeyError:
+            v = self._ip_int[ip] = int(ipaddress.ip_address(ip))
+            return v
+
     def _place(self, ip: str) -> None:
         old = self._group.pop(ip, None)
         entry = self.ips.get(ip)
@@ -200,6 +226,7 @@ class VipPlan:
                 self._dirty.add(old)
                 if not members:
                     del self.members[old]
+                    self._ranks.pop(f"{old[0]}/{old[1]}", None)
                     if old[1].startswith("l:"):
                         self._index_local(old[0])
         if new is not None:
@@ -238,10 +265,10 @@ class VipPlan:
         else:
             vrid = self._local_vrid.get(key)
             candidates = self.eligible & frozenset(key[1][2:].split(","))
-        mine = priority_of(self.me, candidates, f"{key[0]}/{key[1]}")
+        mine = priority_of(self.me, candidates, f"{key[0]}/{key[1]}", self._rank)
         if vrid is None or mine is None:
             return None
-        addresses = tuple(sorted(members, key=_ip_sort_key))
+        addresses = tuple(sorted(members, key=self._ip_key))
         return RouterConfig(key[0], key[1], vrid, pool.range.version, iface, addresses, mine[0], pool.interval_cs,
                             mine[1])  # fmt: skip
 
