@@ -188,3 +188,16 @@ def test_any_history_ends_with_the_highest_priority_alive_as_the_only_master(
     if seg.routers:
         best = max(seg.routers, key=lambda n: (seg.routers[n].priority, seg.routers[n].local))
         assert seg.masters() == [best]
+
+
+def test_a_router_with_thousands_of_addresses_advertises_the_first_ones() -> None:
+    many4 = tuple(ipaddress.IPv4Address(int(ipaddress.IPv4Address("198.18.64.0")) + i) for i in range(1250))
+    many6 = tuple(ipaddress.IPv6Address(int(ipaddress.IPv6Address("2001:db8:64::")) + i) for i in range(300))
+    for many, src, group, mtu in ((many4, SRC4, vrrp.GROUP_V4, 1500 - 20), (many6, SRC6, vrrp.GROUP_V6, 1500 - 40)):
+        r = VirtualRouter(9, 200, 10, many, src)
+        r.start(0.0)
+        out = r.tick(r.deadline)
+        assert out.events == [Event.BECAME_MASTER]
+        wire = out.send[0].encode(src, group)  # encodes (it raised beyond 255 before)
+        assert len(wire) <= mtu
+        assert vrrp.decode(wire, src, group).addresses == many[: vrrp.LISTED[src.version]]

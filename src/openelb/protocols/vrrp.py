@@ -29,6 +29,9 @@ MAX_INTERVAL_CS = 0xFFF
 """40.95 s: the largest interval the 12-bit field holds."""
 OWNER_PRIORITY = 255
 """Reserved for the router that owns the addresses as its real ones; we never claim it."""
+LISTED = {4: 255, 6: 80}
+"""Addresses an advert lists at most: the 8-bit count, and for IPv6 a 1500-byte link. A router
+with more holds all of them and lists the first (receivers may only compare, §7.1)."""
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -147,7 +150,8 @@ class VirtualRouter:
         return 3 * self.master_interval_cs / 100 + self.skew()
 
     def advert(self, priority: int | None = None) -> Advert:
-        return Advert(self.vrid, self.priority if priority is None else priority, self.interval_cs, self.addresses)
+        listed = self.addresses[: LISTED[self.addresses[0].version]] if self.addresses else ()
+        return Advert(self.vrid, self.priority if priority is None else priority, self.interval_cs, listed)
 
     def start(self, now: float) -> Output:
         if self.state is not State.INIT:
