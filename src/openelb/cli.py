@@ -7,8 +7,9 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from openelb import __version__
+from openelb import __version__, goflags
 
 
 def _lab_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -49,9 +50,13 @@ def _openelb_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         action="store_true",
         help="also serve LoadBalancer Services with neither class nor OpenELB annotation",
     )
-    c.add_argument("--leader-elect", default="true", choices=("true", "false"))
+    goflags.add_bool(c, "--leader-elect", True, "Lease-based leader election (bare --leader-elect: true)")
     c.add_argument("--metrics-addr", default="0.0.0.0:50052")
     c.add_argument("--webhook-addr", default="0.0.0.0:9443", help="empty to disable the webhook")
+    c.add_argument("--webhook-port", type=int, help="Go OpenELB's: the webhook on all addresses at this port")
+    c.add_argument("--webhook-cert-dir", help="Go OpenELB's; accepted (the certificate is in --webhook-secret)")
+    c.add_argument("--readiness-addr", help="Go OpenELB's (unused there too); accepted")
+    goflags.add_klog(c)
     c.add_argument("--webhook-ip", action="append", default=[], help="extra IP SAN for the webhook certificate")
     c.add_argument("--webhook-service", default="openelb-controller", help="the Service in front of the webhook")
     c.add_argument("--webhook-secret", default="openelb-admission", help="Secret holding the webhook certificate")
@@ -65,14 +70,18 @@ def _openelb_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     sp = sub.add_parser("speaker", help="announce owned IPs from this node (Layer2: ARP/NDP; BGP)")
     sp.add_argument("--node-name", default=os.environ.get("NODE_NAME"), help="this node (env NODE_NAME)")
     sp.add_argument("--kubeconfig")
-    sp.add_argument("--enable-layer2", default="true", choices=("true", "false"))
-    sp.add_argument("--enable-bgp", default="true", choices=("true", "false"), help="BGP mode (BgpConf/BgpPeer)")
-    sp.add_argument(
-        "--enable-keepalived-vip",
-        default="true",
-        choices=("true", "false"),
-        help="VIP mode (VRRPv3, in-process: no keepalived runs; Go OpenELB's flag, default false there)",
-    )
+    goflags.add_bool(sp, "--enable-layer2", True, "Layer2 mode (ARP/NDP)")
+    goflags.add_bool(sp, "--enable-bgp", True, "BGP mode (BgpConf/BgpPeer)")
+    goflags.add_bool(
+        sp, "--enable-keepalived-vip", True,
+        "VIP mode (VRRPv3, in-process: no keepalived runs; Go OpenELB's flag, default false there)",
+    )  # fmt: skip
+    sp.add_argument("--bind-addr", default="0.0.0.0", help="address of the heartbeat socket (Go: memberlist's)")  # noqa: S104
+    sp.add_argument("--secret", help="heartbeat key when MEMBER_LIST_SECRET is unset (default openelb-speakers)")
+    sp.add_argument("--api-hosts", help="Go OpenELB's GoBGP gRPC API address; accepted, not served yet")
+    sp.add_argument("--log-path", help="Go OpenELB's keepalived log file; accepted (no keepalived runs)")
+    sp.add_argument("--keepalived-args", help="Go OpenELB's extra keepalived args; accepted (no keepalived runs)")
+    goflags.add_klog(sp)
     sp.add_argument("--bgp-status-interval", type=float, default=30.0, help="seconds between BGP status writes")
     sp.add_argument("--bind-port", type=int, default=7946, help="UDP port of speaker heartbeats")
     sp.add_argument("--heartbeat-interval", type=float, default=0.05, help="seconds between heartbeats")
@@ -84,16 +93,43 @@ def _openelb_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )  # fmt: skip
 
 
-def _run_controller(args: argparse.Namespace) -> int:
-    from openelb.controller.main import ControllerOptions, main
+def _configure_logging(args: argparse.Namespace, notes: list[str]) -> None:
+    import logging
 
+    from openelb.runtime import LOG_FORMAT
+
+    logging.basicConfig(level=goflags.log_level(args), format=LOG_FORMAT)
+    log = logging.getLogger("openelb.flags")
+    for note in notes + goflags.klog_notes(args):
+        log.info("%s", note)
+
+
+def controller_options(args: argparse.Namespace) -> tuple[Any, list[str]]:
+    """The controller's options from its arguments (ours and Go OpenELB's), and the notes on
+    Go flags that have no effect here."""
+    from openelb.controller.main import ControllerOptions
+
+    notes = []
+    webhook_addr = args.webhook_addr
+    if args.webhook_port is not None:
+        webhook_addr = f"0.0.0.0:{args.webhook_port}"
+    if args.webhook_cert_dir:
+        notes.append(
+            f"--webhook-cert-dir={args.webhook_cert_dir}: accepted; the certificate is kept in Secret "
+            f"{args.webhook_secret} (--webhook-secret) instead"
+        )
+    if args.readiness_addr:
+        notes.append(
+            f"--readiness-addr={args.readiness_addr}: accepted (unused in Go OpenELB too); "
+            "/readyz is served on --metrics-addr"
+        )
     opts = ControllerOptions(
         kubeconfig=args.kubeconfig,
         lb_class=args.lb_class,
         serve_unannotated=args.serve_unannotated,
-        leader_elect=args.leader_elect == "true",
-        metrics_addr=args.metrics_addr,
-        webhook_addr=args.webhook_addr,
+        leader_elect=args.leader_elect,
+        metrics_addr=args.metrics_addr,  # `:50052`, as Go writes it, is all addresses (runtime.split_addr)
+        webhook_addr=webhook_addr,
         webhook_ips=tuple(args.webhook_ip),
         webhook_service=args.webhook_service,
         webhook_secret=args.webhook_secret,
@@ -102,33 +138,55 @@ def _run_controller(args: argparse.Namespace) -> int:
     )
     if args.namespace:
         opts.namespace = args.namespace
+    return opts, notes
+
+
+def _run_controller(args: argparse.Namespace) -> int:
+    from openelb.controller.main import main
+
+    opts, notes = controller_options(args)
+    _configure_logging(args, notes)
     main(opts)
     return 0
 
 
+def speaker_options(args: argparse.Namespace) -> tuple[Any, list[str]]:
+    from openelb.speaker.main import SpeakerOptions
+
+    notes = []
+    if args.api_hosts:
+        notes.append(f"--api-hosts={args.api_hosts}: accepted; the GoBGP gRPC API is not served yet (issue 13)")
+    for flag, value in (("--log-path", args.log_path), ("--keepalived-args", args.keepalived_args)):
+        if value:
+            notes.append(f"{flag}={value}: accepted; no keepalived runs (VIP mode is VRRP in the speaker)")
+    key = os.environ.get("MEMBER_LIST_SECRET") or args.secret or "openelb-speakers"
+    opts = SpeakerOptions(
+        node=args.node_name,
+        kubeconfig=args.kubeconfig,
+        key=key.encode(),
+        port=args.bind_port,
+        bind_addr=args.bind_addr,
+        interval=args.heartbeat_interval,
+        dead_after=args.dead_after,
+        enable_layer2=args.enable_layer2,
+        enable_vip=args.enable_keepalived_vip,
+        enable_bgp=args.enable_bgp,
+        bgp_status_interval=args.bgp_status_interval,
+        metrics_addr=args.metrics_addr,  # `:50052`, as Go writes it, is all addresses (runtime.split_addr)
+        check_interval=args.check_interval,
+    )
+    return opts, notes
+
+
 def _run_speaker(args: argparse.Namespace) -> int:
-    from openelb.speaker.main import SpeakerOptions, main
+    from openelb.speaker.main import main
 
     if not args.node_name:
         print("openelb speaker: --node-name or NODE_NAME is required", file=sys.stderr)
         return 2
-    key = os.environ.get("MEMBER_LIST_SECRET", "openelb-speakers").encode()
-    main(
-        SpeakerOptions(
-            node=args.node_name,
-            kubeconfig=args.kubeconfig,
-            key=key,
-            port=args.bind_port,
-            interval=args.heartbeat_interval,
-            dead_after=args.dead_after,
-            enable_layer2=args.enable_layer2 == "true",
-            enable_vip=args.enable_keepalived_vip == "true",
-            enable_bgp=args.enable_bgp == "true",
-            bgp_status_interval=args.bgp_status_interval,
-            metrics_addr=args.metrics_addr,
-            check_interval=args.check_interval,
-        )
-    )
+    opts, notes = speaker_options(args)
+    _configure_logging(args, notes)
+    main(opts)
     return 0
 
 
@@ -165,13 +223,17 @@ def _run_lab(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="openelb", description="OpenELB: load balancer IPs for bare-metal Kubernetes")
-    parser.add_argument("--version", action="version", version=f"openelb {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="openelb", description="OpenELB: load balancer IPs for bare-metal Kubernetes")
+    p.add_argument("--version", action="version", version=f"openelb {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
     _lab_parser(sub)
     _openelb_parsers(sub)
-    args = parser.parse_args(argv)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     try:
         if args.command == "lab":
             sys.exit(_run_lab(args))

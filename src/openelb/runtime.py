@@ -21,6 +21,8 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
 
 def stop_on_signals(grace_seconds: float) -> asyncio.Event:
     """An Event set by SIGTERM/SIGINT. Graceful shutdown is bounded: after `grace_seconds` the
@@ -55,7 +57,7 @@ class CannotListen(RuntimeError):
 
 def run_daemon(main: Coroutine[Any, Any, None], log: logging.Logger) -> None:
     """Run a daemon's main coroutine; a port it cannot bind ends it with one line and status 1."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)  # no-op when the CLI configured it
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     try:
         asyncio.run(main)

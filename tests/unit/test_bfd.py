@@ -72,3 +72,61 @@ def test_packet_for_another_discriminator_is_ignored() -> None:
 def test_garbage_raises_only_bfd_error(data: bytes) -> None:
     with contextlib.suppress(bfd.BfdError):
         bfd.decode(data)
+
+
+def up_pair() -> tuple[BfdSession, BfdSession]:
+    a = BfdSession(1, 100_000, 100_000, 3, 0.0)
+    b = BfdSession(2, 100_000, 100_000, 3, 0.0)
+    for _ in range(3):
+        exchange(a, b, 0.0)
+    assert a.state == b.state == BfdState.UP
+    return a, b
+
+
+def run_link(a: BfdSession, b: BfdSession, start: float, seconds: float) -> float:
+    """A perfect link: every packet either side sends reaches the other at once."""
+    now = start
+    for _ in range(200_000):
+        now = min(a.next_deadline(), b.next_deadline())
+        if now > start + seconds:
+            break
+        for src, dst in ((a, b), (b, a)):
+            pkt, _changed = src.tick(now)
+            if pkt is not None:
+                dst.receive(bfd.decode(pkt.encode()), now)
+                if dst.reply_due:
+                    src.receive(bfd.decode(dst.packet().encode()), now)
+    return now
+
+
+def test_a_forged_admin_down_is_healed_after_a_detection_time() -> None:
+    """Issue 14 #3: one spoofed AdminDown (Your Discriminator 0) to each side left both Down for good:
+    each kept the forged remote discriminator and dropped the other's packets."""
+    a, b = up_pair()
+    for victim, forged in ((a, 0xDEAD), (b, 0xBEEF)):
+        victim.receive(bfd.Packet(BfdState.ADMIN_DOWN, forged, 0, 1_000_000, 1_000_000, 3), 1.0)
+    assert a.state == b.state == BfdState.DOWN
+    run_link(a, b, 1.0, 10.0)
+    assert a.state == b.state == BfdState.UP
+
+
+def test_a_forged_huge_required_min_rx_does_not_stall_sending() -> None:
+    """Issue 14 #4: Required Min RX 0xFFFFFFFF pushed the next send ~1 h out, and a genuine packet
+    restored the value but not the send timer."""
+    a, b = up_pair()
+    run_link(a, b, 0.0, 2.0)
+    a.receive(bfd.Packet(BfdState.UP, 2, 1, 100_000, 0xFFFFFFFF, 3), 2.0)
+    t = 2.0
+    while t < 2.15:  # whatever was due goes out; then silence at the forged rate
+        t += 0.005
+        a.tick(t)
+    a.receive(bfd.decode(b.packet().encode()), 2.15)  # the genuine peer's next packet
+    first = None
+    while t < 2.4:  # before a's detection time of b (0.3 s) could send one anyway
+        t += 0.005
+        pkt, _ = a.tick(t)
+        if pkt is not None:
+            first = t
+            break
+    assert first is not None and first - 2.15 <= 0.1 + 1e-9, first
+    assert a.state == BfdState.UP

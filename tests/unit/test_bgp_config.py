@@ -76,6 +76,10 @@ def test_bgppeer_fields() -> None:
             {"conf": {"peerAs": 1, "neighborAddress": "198.18.0.2"}, "timers": {"config": {"holdTime": "x"}}},
             "not a number",
         ),
+        (
+            {"conf": {"peerAs": 1, "neighborAddress": "198.18.0.2"}, "timers": {"config": {"keepaliveInterval": "-1"}}},
+            "keepaliveInterval: -1",
+        ),
     ],
 )
 def test_bad_bgppeer_is_a_clear_error(spec: dict, match: str) -> None:

@@ -234,3 +234,33 @@ def test_partial_updates_end_where_full_intent_does() -> None:
         full.feed(b.data_to_send())
         assert spy.table == full.table and a.rib_out() == b.rib_out()
         assert spy.table  # the sequence left something announced
+
+
+def test_hold_time_zero_means_no_hold_timer_and_no_keepalives() -> None:
+    """Issue 14 #1: with a negotiated hold time of 0 the session was torn down 240 s after OPEN."""
+    a, b, _spy, _ = established_pair(cfg(65001, 65000, "192.0.2.11", hold_time=0), cfg(65000, 65001, "192.0.2.2"))
+    assert a.state == b.state == State.ESTABLISHED and a.negotiated and a.negotiated.hold_time == 0
+    a.data_to_send()
+    assert a.next_deadline() is None
+    for hour in range(1, 25):  # a day of silence
+        assert a.tick(hour * 3600.0) == [] and a.data_to_send() == b""
+    assert a.state == State.ESTABLISHED
+
+
+def test_a_negative_keepalive_interval_never_busy_loops() -> None:
+    """Issue 14 #2: keepaliveInterval -1 put the next deadline always in the past."""
+    a, _b, _spy, _ = established_pair(cfg(65001, 65000, "192.0.2.11", hold_time=90, keepalive=-1),
+                                      cfg(65000, 65001, "192.0.2.2"))  # fmt: skip
+    assert a.negotiated and a.negotiated.keepalive == 30.0
+    a.data_to_send()
+    now, sent = 0.0, 0
+    for _ in range(1000):  # deadline-driven, as the transport runs it, over 100 s of clock
+        deadline = a.next_deadline()
+        assert deadline is not None and deadline > now
+        now = deadline
+        if now > 100:
+            break
+        a.tick(now)
+        sent += a.data_to_send().count(c.encode_keepalive())
+        a.receive_data(c.encode_keepalive(), now)  # the peer's keepalives keep the hold timer fresh
+    assert sent == 3  # at 30, 60 and 90 s

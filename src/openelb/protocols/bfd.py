@@ -81,6 +81,11 @@ def decode(data: bytes) -> Packet:
     return Packet(state, mine, yours, tx, rx, mult, vd & 0x1F, bool(flags & POLL), bool(flags & FINAL))
 
 
+MIN_DOWN_RESET = 1.0
+"""Seconds in Down before the remote discriminator is forgotten, at least (a forged packet may
+claim a Detect Mult of 0)."""
+
+
 class BfdSession:
     def __init__(self, discr: int, min_tx_us: int, min_rx_us: int, multiplier: int, now: float) -> None:
         self.discr = discr
@@ -97,6 +102,7 @@ class BfdSession:
         self._final = False
         self._next_tx = now
         self._detect_at: float | None = None
+        self._down_since: float | None = now
 
     @property
     def desired_tx(self) -> int:
@@ -132,6 +138,7 @@ class BfdSession:
         `packet()` at once when `reply_due` (a Final answers the peer's Poll)."""
         if pkt.your_discr and pkt.your_discr != self.discr:
             return None
+        before = self.tx_interval()
         self.remote_discr = pkt.my_discr
         self.remote_min_rx = max(pkt.required_min_rx, 1)
         self.remote_min_tx = pkt.desired_min_tx
@@ -143,7 +150,7 @@ class BfdSession:
         old = self.state
         if pkt.state == BfdState.ADMIN_DOWN:
             if self.state != BfdState.DOWN:
-                self._down(DIAG_NEIGHBOR_DOWN)
+                self._down(DIAG_NEIGHBOR_DOWN, now)
         elif self.state == BfdState.DOWN:
             if pkt.state == BfdState.DOWN:
                 self.state = BfdState.INIT
@@ -153,10 +160,16 @@ class BfdSession:
             if pkt.state in (BfdState.INIT, BfdState.UP):
                 self.state = BfdState.UP
         elif self.state == BfdState.UP and pkt.state == BfdState.DOWN:
-            self._down(DIAG_NEIGHBOR_DOWN)
+            self._down(DIAG_NEIGHBOR_DOWN, now)
         if self.state in (BfdState.INIT, BfdState.UP):
             self._detect_at = now + self.detect_time()
+        if self.tx_interval() < before:
+            # A slower rate the peer asked for (or a forged Required Min RX) no longer holds: the
+            # next packet goes out at the new rate, not when the old one would have sent it.
+            self._next_tx = min(self._next_tx, now + self._jitter())
         if self.state != old:
+            if self.state != BfdState.DOWN:
+                self._down_since = None
             if self.state == BfdState.UP:
                 self.diag = DIAG_NONE
                 self._poll = self.min_tx < SLOW_US  # announce the faster rate (§6.8.3)
@@ -168,17 +181,27 @@ class BfdSession:
     def reply_due(self) -> bool:
         return self._final
 
-    def _down(self, diag: int) -> None:
+    def _down(self, diag: int, now: float) -> None:
         self.state = BfdState.DOWN
         self.diag = diag
         self.remote_discr = 0 if diag == DIAG_DETECT_EXPIRED else self.remote_discr
         self._detect_at = None
         self._poll = False
+        self._down_since = now
 
     def tick(self, now: float) -> tuple[Packet | None, BfdState | None]:
         changed = None
+        if (
+            self.state == BfdState.DOWN
+            and self.remote_discr
+            and self._down_since is not None
+            and now >= self._down_since + max(self.detect_time(), MIN_DOWN_RESET)
+        ):
+            # RFC 5880 §6.8.1: Down for a Detection Time, forget the remote discriminator, so a
+            # stale one (a forged AdminDown planted it) cannot keep both sides dropping each other.
+            self.remote_discr = 0
         if self._detect_at is not None and now >= self._detect_at:
-            self._down(DIAG_DETECT_EXPIRED)
+            self._down(DIAG_DETECT_EXPIRED, now)
             self.remote_min_rx = 1
             changed = BfdState.DOWN
             self._next_tx = now

@@ -57,6 +57,7 @@ class SpeakerOptions:
     kubeconfig: str | None = None
     key: bytes = b"openelb-speakers"
     port: int = 7946
+    bind_addr: str = "0.0.0.0"  # noqa: S104 - the node's heartbeat port
     interval: float = 0.05
     dead_after: float = 0.2
     enable_layer2: bool = True
@@ -404,12 +405,15 @@ class Speaker:
                 port=self.opts.port,
                 interval=self.opts.interval,
                 dead_after=self.opts.dead_after,
+                bind=self.opts.bind_addr,
                 loop=loop,
                 on_change=self._live_changed,
                 registry=self.registry,
             )
         except OSError as exc:
-            raise CannotListen("speaker heartbeats, --bind-port", f"UDP 0.0.0.0:{self.opts.port}", exc) from exc
+            raise CannotListen(
+                "speaker heartbeats, --bind-port", f"UDP {self.opts.bind_addr}:{self.opts.port}", exc
+            ) from exc
         runner = await serve_metrics(self.registry, self.opts.metrics_addr) if self.opts.metrics_addr else None
         informers: list[Informer[Any]] = [self.services, self.slices, self.nodes, self.eips]
         if self.bgp is not None:

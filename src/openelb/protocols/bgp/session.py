@@ -126,7 +126,8 @@ class Session:
         self.counters = Counters()
         self._out = bytearray()
         self._in = bytearray()
-        self._hold_deadline = now + OPEN_HOLD
+        self._hold_deadline: float | None = now + OPEN_HOLD
+        """None: no hold timer (negotiated hold time 0, once Established: RFC 4271 §4.2)."""
         self._keepalive_deadline: float | None = None
         self._routes: dict[Prefix, tuple[str, ...]] = {}
         self._rib_out: dict[Family, dict[tuple[int, Prefix], Attributes]] = {}
@@ -167,7 +168,7 @@ class Session:
     def tick(self, now: float) -> list[Event]:
         if self.state in (State.IDLE, State.CONNECT, State.ACTIVE):
             return []
-        if now >= self._hold_deadline:
+        if self._hold_deadline is not None and now >= self._hold_deadline:
             return [self._fail(c.HOLD_EXPIRED, 0, "hold timer expired")]
         if self._keepalive_deadline is not None and now >= self._keepalive_deadline:
             self._send(c.KEEPALIVE, c.encode_keepalive())
@@ -178,7 +179,7 @@ class Session:
     def next_deadline(self) -> float | None:
         if self.state in (State.IDLE, State.CONNECT, State.ACTIVE):
             return None
-        return min(d for d in (self._hold_deadline, self._keepalive_deadline) if d is not None)
+        return min((d for d in (self._hold_deadline, self._keepalive_deadline) if d is not None), default=None)
 
     def connection_lost(self, reason: str = "connection closed by peer") -> list[Event]:
         if self.state == State.IDLE:
@@ -264,6 +265,8 @@ class Session:
                 return [self._fail(c.FSM_ERROR, fsm_subcode, f"{type(msg).__name__} in OPENCONFIRM")]
             self.state = State.ESTABLISHED
             self.established_at = now
+            if not self.negotiated.hold_time:
+                self._hold_deadline = None  # hold time 0: no hold timer, no KEEPALIVEs
             self._rib_out, self._sent_ids = {}, {}
             self._flush(end_of_rib=True)
             return [Established(self.negotiated)]
@@ -287,8 +290,9 @@ class Session:
         ):
             return [self._fail(c.OPEN_ERROR, c.OPEN_BAD_ID, f"bad BGP identifier {msg.router_id}")]
         hold = min(cfg.hold_time, msg.hold_time)
-        keepalive = float(cfg.keepalive) if cfg.keepalive else hold / 3
-        keepalive = min(keepalive, hold / 3) if hold else 0.0
+        keepalive = float(cfg.keepalive) if cfg.keepalive and cfg.keepalive > 0 else hold / 3
+        # at most a third of the hold time, at least 1 s (RFC 4271 §10): never a busy loop
+        keepalive = max(1.0, min(keepalive, hold / 3)) if hold else 0.0
         caps = msg.caps
         peer_families = caps.families or frozenset({c.IPV4_UNICAST})  # no MP capability: IPv4 only (RFC 4760)
         families = cfg.families & peer_families

@@ -142,6 +142,8 @@ def peer_config(name: str, spec: Mapping[str, Any]) -> PeerConfig:
     if hold in (1, 2) or hold < 0 or hold > 65535:
         raise ConfigError(f"spec.timers.config.holdTime: {hold} (0 or 3..65535)")
     keepalive = _int(timers.get("keepaliveInterval"), "spec.timers.config.keepaliveInterval") or None
+    if keepalive is not None and not 1 <= keepalive <= 21845:
+        raise ConfigError(f"spec.timers.config.keepaliveInterval: {keepalive} (1..21845, at most a third of holdTime)")
     retry = float(_int(timers.get("connectRetry"), "spec.timers.config.connectRetry") or DEFAULT_CONNECT_RETRY)
     multihop = spec.get("ebgpMultihop") or {}
     local_as = _int(conf.get("localAs"), "spec.conf.localAs")
