@@ -34,6 +34,10 @@ async def main():
     host = await loop.run_in_executor(None, hostnet.HostAddresses)
     fired = asyncio.Event()
     watcher = hostnet.NetWatcher(loop, fired.set, debounce=0.05, ignore_index=host.index)
+    for _ in range(100):  # the links' own IPv6 link-local addresses finish DAD first (not ours)
+        if not subprocess.run(["ip", "-6", "addr", "show", "tentative"], capture_output=True, text=True).stdout:
+            break
+        await asyncio.sleep(0.1)
     await asyncio.sleep(0.3)
     fired.clear()
     for i in range(50):  # our own writes: no news
@@ -41,8 +45,20 @@ async def main():
     host.update("bgp", {"198.18.202.1", "2001:db8::5"}, set())
     host.update("layer2", set(), {"198.18.202.1", "198.18.202.2"})  # .1 stays: bgp still wants it
     assert await loop.run_in_executor(None, host.wait_idle, 10)
+    from openelb.speaker.vip_host import VipAddresses
+    vip = await loop.run_in_executor(None, VipAddresses)  # marked addresses on a shared link
+    vip.hold("a0", [f"198.18.203.{i}" for i in range(30)] + ["2001:db8:203::1"])
+    assert await loop.run_in_executor(None, vip.wait_idle, 10)
+    vip.release("a0", ["198.18.203.0"])
+    assert await loop.run_in_executor(None, vip.wait_idle, 10)
     await asyncio.sleep(0.3)
     out["own_writes_fired"] = fired.is_set()
+    await loop.run_in_executor(None, vip.close)
+    await asyncio.sleep(0.3)
+    fired.clear()
+    ip("addr", "add", "198.18.204.1/32", "dev", "a0")  # somebody else's address: news
+    await asyncio.wait_for(fired.wait(), 5)
+    fired.clear()
     shown = subprocess.run(["ip", "-j", "addr", "show", "dev", "openelb0"], capture_output=True, text=True).stdout
     out["held"] = sorted(a["local"] for link in json.loads(shown) for a in link["addr_info"] if a["scope"] == "global")
     ip("route", "replace", "203.0.113.0/24", "via", "198.18.201.2", "onlink", "dev", "b0")

@@ -199,6 +199,10 @@ class HostAddresses:
 
 RTM_NEWADDR, RTM_DELADDR, RTM_NEWROUTE, RTM_DELROUTE = 20, 21, 24, 25
 RTA_OIF = 4
+IFA_PROTO = 11
+RT_TABLE_LOCAL, RTN_LOCAL = 255, 2
+MARKED_PROTO = 79
+"""`IFA_PROTO` of the addresses VIP mode adds (`speaker.vip_host`): our writes, not news."""
 NLMSG = struct.Struct("=IHHII")
 RTATTR = struct.Struct("=HH")
 
@@ -217,6 +221,25 @@ def event_index(msg_type: int, body: bytes) -> int | None:
                 return int(struct.unpack_from("=I", body, off + 4)[0])
             off += (length + 3) & ~3
     return None
+
+
+def our_own_write(msg_type: int, body: bytes) -> bool:
+    """An event caused by an address we added on a shared interface: the address itself (marked
+    with IFA_PROTO 79) or the local-table route the kernel adds with it. Reacting to these would
+    re-resolve every pool (dumping thousands of addresses) on each address a master takes."""
+    if msg_type in (RTM_NEWADDR, RTM_DELADDR):
+        off = 8  # struct ifaddrmsg
+        while off + RTATTR.size <= len(body):
+            length, kind = RTATTR.unpack_from(body, off)
+            if length < RTATTR.size:
+                return False
+            if kind == IFA_PROTO and length >= 5:
+                return body[off + 4] == MARKED_PROTO
+            off += (length + 3) & ~3
+        return False
+    if msg_type in (RTM_NEWROUTE, RTM_DELROUTE) and len(body) >= 12:
+        return body[4] == RT_TABLE_LOCAL and body[7] == RTN_LOCAL
+    return False
 
 
 def split_netlink(data: bytes) -> list[tuple[int, bytes]]:
@@ -275,7 +298,9 @@ class NetWatcher:
                 self._changed()
 
     def _ours(self, kind: int, body: bytes) -> bool:
-        return self.ignore_index is not None and event_index(kind, body) == self.ignore_index
+        if self.ignore_index is not None and event_index(kind, body) == self.ignore_index:
+            return True
+        return our_own_write(kind, body)
 
     def _changed(self) -> None:
         if not self._pending:

@@ -25,12 +25,15 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from openelb.protocols import arp, ndp
-from openelb.speaker.hostnet import IFA_F_NODAD
+from openelb.speaker.hostnet import IFA_F_NODAD, MARKED_PROTO
+
+IFA_F_NOPREFIXROUTE = 0x200
+"""No prefix route for our /128s (the kernel adds one for IPv6 otherwise)."""
 from openelb.speaker.layer2 import ETH_P_ARP, mac_of
 
 log = logging.getLogger("openelb.speaker.vip")
-IFA_PROTO_OPENELB = 79
-"""The mark on our addresses (`ip -d addr` shows `proto 79`)."""
+IFA_PROTO_OPENELB = MARKED_PROTO
+"""The mark on our addresses (`ip -d addr` shows `proto 79`); the NetWatcher ignores their events."""
 ANNOUNCE_AGAIN = (0.5, 2.0)
 """Gratuitous announcements repeated after these seconds (switches that missed the first)."""
 
@@ -129,7 +132,7 @@ class VipAddresses:
             if op != "del":
                 kw["proto"] = IFA_PROTO_OPENELB
                 if v6:
-                    kw["flags"] = IFA_F_NODAD
+                    kw["flags"] = IFA_F_NODAD | IFA_F_NOPREFIXROUTE
             self._ipr.addr(op, **kw)
             return True
         except NetlinkError as exc:
