@@ -60,9 +60,10 @@ class Advert:
         return head[:6] + struct.pack("!H", csum) + body
 
 
-def decode(data: bytes, src: Address, dst: Address) -> Advert:
+def decode(data: bytes, src: Address, dst: Address, *, addresses: bool = True) -> Advert:
     """A received VRRP message (after the IP header). Raises VrrpError on anything but a valid
-    version 3 advertisement of the family of `src`."""
+    version 3 advertisement of the family of `src`. `addresses=False` skips building the address
+    list (a router's decisions never read it; an advert may carry 255)."""
     if len(data) < HEADER.size:
         raise VrrpError(f"{len(data)} bytes: shorter than the VRRP header")
     vt, vrid, priority, count, interval, _csum = HEADER.unpack_from(data)
@@ -78,6 +79,8 @@ def decode(data: bytes, src: Address, dst: Address) -> Advert:
     interval &= MAX_INTERVAL_CS
     if vrid == 0 or interval == 0:
         raise VrrpError(f"vrid {vrid}, interval {interval} cs: invalid")
+    if not addresses:
+        return Advert(vrid, priority, interval, ())
     cls = ipaddress.IPv4Address if size == 4 else ipaddress.IPv6Address
     addrs = tuple(cls(data[HEADER.size + i * size : HEADER.size + (i + 1) * size]) for i in range(count))
     return Advert(vrid, priority, interval, addrs)

@@ -117,7 +117,7 @@ class Speaker:
             reason="VIPMaster",
             doing="is VRRP master for",
         )
-        self._warned: set[tuple[str, str]] = set()
+        self._warned: set[tuple[str, str, str]] = set()
         self.ready = False
         self.bgp = (
             BgpMode(self.client, opts.node, self.recorder, self._own_node, opts.bgp_status_interval)
@@ -236,10 +236,10 @@ class Speaker:
             self._schedule()
 
     def _warn_eip(self, eip: str, reason: str, message: str) -> None:
-        """A Warning Event on the Eip, once per speaker run and reason."""
-        if (eip, reason) in self._warned:
+        """A Warning Event on the Eip, once per speaker run, reason and message."""
+        if (eip, reason, message) in self._warned:
             return
-        self._warned.add((eip, reason))
+        self._warned.add((eip, reason, message))
         log.warning("eip %s: %s", eip, message)
         obj = self.eips.store.get(eip)
         uid = obj.metadata.uid if obj is not None and obj.metadata else None
@@ -265,11 +265,8 @@ class Speaker:
                 f"{self.opts.node}: {rng} is outside the subnets of {ifname} "
                 f"({', '.join(map(str, subnets)) or 'none'}); answering anyway"
             )
-            log.warning("%s", message)
-            obj = self.eips.store.get(pool.name)
-            uid = obj.metadata.uid if obj is not None and obj.metadata else None
-            target = Target("Eip", pool.name, None, uid, api_version=f"{names.GROUP}/{names.VERSION}")
-            self._loop.call_soon_threadsafe(self.recorder.emit, target, "Warning", "Layer2RangeOutsideSubnet", message)
+            reason = "VIPRangeOutsideSubnet" if pool.protocol == "vip" else "Layer2RangeOutsideSubnet"
+            self._loop.call_soon_threadsafe(self._warn_eip, pool.name, reason, message)
         return ifname
 
     # ---- applying the plan's changes ----------------------------------------------------------

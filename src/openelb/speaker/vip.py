@@ -134,13 +134,13 @@ class VipEngine:
                     self._remove(key)
                 else:
                     assert cfg is not None
-                    addrs = tuple(ipaddress.ip_address(a) for a in cfg.addresses)
+                    addrs = router.addresses if cfg.addresses == old.addresses else _parsed(cfg.addresses)
                     out = router.reconfigure(cfg.priority, cfg.interval_cs, addrs, now)
                     self._routers[key] = (router, cfg, link)
                     if router.state is vrrp.State.MASTER:
-                        gone = set(old.addresses) - set(cfg.addresses)
-                        self.host.release(cfg.interface, sorted(gone))
-                        self.host.hold(cfg.interface, [a for a in cfg.addresses if a not in old.addresses])
+                        before, after = set(old.addresses), set(cfg.addresses)
+                        self.host.release(cfg.interface, sorted(before - after))
+                        self.host.hold(cfg.interface, sorted(after - before))
                         self.masters[key] = cfg
                     self._do(key, out)
                     continue
@@ -174,7 +174,7 @@ class VipEngine:
         link = self._link(cfg.interface, cfg.family)
         if link is None:
             return
-        addrs = tuple(ipaddress.ip_address(a) for a in cfg.addresses)
+        addrs = _parsed(cfg.addresses)
         router = vrrp.VirtualRouter(cfg.vrid, cfg.priority, cfg.interval_cs, addrs, link.local)
         self._routers[key] = (router, cfg, link)
         self._by_vrid[(cfg.interface, cfg.family, cfg.vrid)] = key
@@ -250,7 +250,7 @@ class VipEngine:
                 self.stats["bad_ttl"] += 1
                 continue
             try:
-                adv = vrrp.decode(data, src, dst)
+                adv = vrrp.decode(data, src, dst, addresses=False)
             except vrrp.VrrpError:
                 self.stats["bad_packet"] += 1
                 continue
@@ -260,6 +260,14 @@ class VipEngine:
                 continue
             self.stats["adverts_received"] += 1
             self._do(key, self._routers[key][0].receive(adv, src, self._loop.time()))
+
+
+def _parsed(addresses: tuple[str, ...]) -> tuple[vrrp.Address, ...]:
+    """Only the addresses an advert lists are parsed: a router may hold thousands."""
+    if not addresses:
+        return ()
+    limit = vrrp.LISTED[6 if ":" in addresses[0] else 4]
+    return tuple(ipaddress.ip_address(a) for a in addresses[:limit])
 
 
 def _vrrp_socket(ifname: str, index: int, family: int) -> socket.socket:

@@ -26,14 +26,13 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from openelb.protocols import arp, ndp
 from openelb.speaker.hostnet import IFA_F_NODAD, MARKED_PROTO
-
-IFA_F_NOPREFIXROUTE = 0x200
-"""No prefix route for our /128s (the kernel adds one for IPv6 otherwise)."""
 from openelb.speaker.layer2 import ETH_P_ARP, mac_of
 
 log = logging.getLogger("openelb.speaker.vip")
 IFA_PROTO_OPENELB = MARKED_PROTO
 """The mark on our addresses (`ip -d addr` shows `proto 79`); the NetWatcher ignores their events."""
+IFA_F_NOPREFIXROUTE = 0x200
+"""No prefix route for our /128s (the kernel adds one for IPv6 otherwise: a route event per IP)."""
 ANNOUNCE_AGAIN = (0.5, 2.0)
 """Gratuitous announcements repeated after these seconds (switches that missed the first)."""
 
