@@ -34,6 +34,8 @@ IFA_PROTO_OPENELB = MARKED_PROTO
 IFA_F_NOPREFIXROUTE = 0x200
 """No prefix route for our /128s (the kernel adds one for IPv6 otherwise: a route event per IP)."""
 ANNOUNCE_AGAIN = (0.5, 2.0)
+CHUNK = 64
+"""Addresses written between two looks at the queue."""
 """Gratuitous announcements repeated after these seconds (switches that missed the first)."""
 
 Op = tuple[str, str, tuple[str, ...]]
@@ -45,6 +47,8 @@ class VipAddresses:
         self.held: dict[str, str] = {}
         """IP → the interface it is on (written by the worker; read for metrics and tests)."""
         self.errors = 0
+        self.writes = 0
+        """Netlink address writes done (merging makes a flap cost less than its two halves)."""
         self.removed_stale = self._remove_marked()
         self._queue: queue.Queue[tuple[float, Op] | None] = queue.Queue()
         self._later: list[tuple[float, Op]] = []
@@ -96,32 +100,58 @@ class VipAddresses:
         return removed
 
     def _work(self) -> None:
+        """Holds and releases are merged per IP, last word wins, and applied in chunks with the
+        queue drained between them: a router that flaps (master, then backup 0.3 s later) while
+        its 1,000 addresses are being written ends as a release, not as 1,000 adds then deletes."""
+        pending: dict[str, str | None] = {}
+        """IP → the interface to hold it on, None to release it."""
         while True:
-            timeout = max(0.0, self._later[0][0] - time.monotonic()) if self._later else None
-            try:
-                item = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                item = self._later.pop(0)
-            if item is None:
-                return
-            _when, (what, ifname, ips) = item
-            if what == "hold":
-                for ip in ips:
-                    if self._address("replace", ifname, ip):
-                        self.held[ip] = ifname
-                self._announce(ifname, ips)
-                now = time.monotonic()
-                self._later.extend((now + d, ("announce", ifname, ips)) for d in ANNOUNCE_AGAIN)
-                self._later.sort(key=lambda x: x[0])
-            elif what == "release":
-                for ip in ips:
-                    if self.held.get(ip) == ifname:
-                        self._address("del", ifname, ip)
-                        del self.held[ip]
-            else:
-                self._announce(ifname, tuple(ip for ip in ips if self.held.get(ip) == ifname))
-            if self._queue.empty():
+            if not pending:
+                timeout = max(0.0, self._later[0][0] - time.monotonic()) if self._later else None
+                try:
+                    item = self._queue.get(timeout=timeout)
+                except queue.Empty:
+                    _when, (_what, ifname, ips) = self._later.pop(0)
+                    self._announce(ifname, tuple(ip for ip in ips if self.held.get(ip) == ifname))
+                    continue
+                if item is None:
+                    return
+                self._merge(pending, item[1])
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    return
+                self._merge(pending, item[1])
+            gained: dict[str, list[str]] = {}
+            for ip in list(pending)[:CHUNK]:
+                target = pending.pop(ip)
+                held = self.held.get(ip)
+                if held is not None and held != target:
+                    self._address("del", held, ip)
+                    del self.held[ip]
+                if target is not None and held != target and self._address("replace", target, ip):
+                    self.held[ip] = target
+                    gained.setdefault(target, []).append(ip)
+            now = time.monotonic()
+            for link, fresh in gained.items():
+                self._announce(link, tuple(fresh))
+                self._later.extend((now + d, ("announce", link, tuple(fresh))) for d in ANNOUNCE_AGAIN)
+            self._later.sort(key=lambda x: x[0])
+            if not pending and self._queue.empty():
                 self._idle.set()
+
+    def _merge(self, pending: dict[str, str | None], op: Op) -> None:
+        what, ifname, ips = op
+        for ip in ips:
+            if what == "hold":
+                pending.pop(ip, None)  # re-inserted: applied in the order of the last words
+                pending[ip] = ifname
+            elif pending.get(ip, self.held.get(ip)) == ifname:
+                pending.pop(ip, None)
+                pending[ip] = None
 
     def _address(self, op: str, ifname: str, ip: str) -> bool:
         v6 = ":" in ip
@@ -133,6 +163,7 @@ class VipAddresses:
                 if v6:
                     kw["flags"] = IFA_F_NODAD | IFA_F_NOPREFIXROUTE
             self._ipr.addr(op, **kw)
+            self.writes += 1
             return True
         except NetlinkError as exc:
             if op == "del" and exc.code == 99:  # EADDRNOTAVAIL: already gone
