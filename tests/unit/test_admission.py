@@ -83,3 +83,23 @@ def test_vip_annotations_are_checked_and_pins_may_not_overlap() -> None:
         assert "must" in review(**{vrid: bad}).message or "is not a VRID" in review(**{vrid: bad}).message, bad
     for bad in ("0", "5ms", "41s", "fast", "15ms"):
         assert "10ms-40.95s" in review(**{interval: bad}).message, bad
+
+
+def test_pools_that_can_never_be_right_are_refused_naming_the_block() -> None:
+    """Issue 14 #6: from `0.0.0.0/0` the first IP handed out was 0.0.0.0."""
+    cases = {
+        "0.0.0.0/0": "this network",
+        "::/0": "unspecified",
+        "224.0.0.0/4": "multicast",
+        "127.0.0.1": "loopback",
+        "fe80::1%eth0": "link-local",
+        "::ffff:10.0.0.0/104": "IPv4-mapped",
+        "169.254.1.1-169.254.1.9": "link-local",
+        "255.255.255.255": "broadcast",
+        "ff02::1": "multicast",
+    }
+    for address, why in cases.items():
+        verdict = review_eip({"operation": "CREATE", "object": eip("bad", address)}, [])
+        assert not verdict.allowed and why in verdict.message, (address, verdict.message)
+    for fine in ("198.51.100.0/24", "2001:db8::/64", "203.0.113.0-203.0.113.255"):
+        assert review_eip({"operation": "CREATE", "object": eip("ok", fine)}, []).allowed, fine

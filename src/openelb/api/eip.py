@@ -83,6 +83,10 @@ def validate(eip: EipView, others: Iterable[EipView]) -> list[str]:
         rng = parse_range(eip.address)
     except AddressError as exc:
         problems.append(str(exc))
+    if rng is not None:
+        special = _special_block(rng)
+        if special:
+            problems.append(f"eip address {eip.address} overlaps {special}: such addresses cannot be Service IPs")
     if eip.protocol not in PROTOCOLS:
         problems.append(f"protocol must be one of {', '.join(PROTOCOLS)}, not {eip.protocol!r}")
     if eip.protocol in ("layer2", "vip") and not eip.interface:
@@ -109,6 +113,30 @@ def validate(eip: EipView, others: Iterable[EipView]) -> list[str]:
         if clash:
             problems.append(clash)
     return problems
+
+
+SPECIAL_BLOCKS = (
+    ("0.0.0.0/8", "0.0.0.0/8 (this network, the unspecified address)"),
+    ("127.0.0.0/8", "127.0.0.0/8 (loopback)"),
+    ("169.254.0.0/16", "169.254.0.0/16 (link-local)"),
+    ("224.0.0.0/4", "224.0.0.0/4 (multicast)"),
+    ("240.0.0.0/4", "240.0.0.0/4 (reserved, with the broadcast address)"),
+    ("::/127", "::/127 (the unspecified and loopback addresses)"),
+    ("::ffff:0:0/96", "::ffff:0:0/96 (IPv4-mapped)"),
+    ("fe80::/10", "fe80::/10 (link-local)"),
+    ("ff00::/8", "ff00::/8 (multicast)"),
+)
+"""Blocks no pool may touch (issue 14 #6: `0.0.0.0/0` handed out 0.0.0.0). The network and
+broadcast addresses of an IPv4 CIDR pool are handed out, as in Go OpenELB and MetalLB's default:
+a Service IP is a /32 announced on its own, not a host on the pool's subnet."""
+
+
+def _special_block(rng: IPRange) -> str | None:
+    for cidr, name in SPECIAL_BLOCKS:
+        block = parse_range(cidr)
+        if block.version == rng.version and rng.overlaps(block):
+            return name
+    return None
 
 
 def _vrid_clash(eip: EipView, other: EipView) -> str | None:
