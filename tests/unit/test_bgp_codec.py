@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -160,3 +161,23 @@ def test_fnv32a_matches_go_hash_fnv() -> None:
     assert c.fnv32a("") == 0x811C9DC5
     assert c.fnv32a("a") == 0xE40C292C
     assert c.fnv32a("foobar") == 0xBF9CF968
+
+
+def _update_2byte(as_path: bytes, as4_path: bytes | None) -> bytes:
+    attrs = bytes([0x40, 1, 1, 0])  # ORIGIN IGP
+    attrs += bytes([0x40, 2, len(as_path)]) + as_path
+    attrs += bytes([0x40, 3, 4]) + bytes([198, 51, 100, 1])
+    if as4_path is not None:
+        attrs += bytes([0xC0, 17, len(as4_path)]) + as4_path
+    nlri = bytes([24, 203, 0, 113])
+    return struct.pack("!H", 0) + struct.pack("!H", len(attrs)) + attrs + nlri
+
+
+def test_an_empty_or_malformed_as4_path_from_a_2_octet_peer_is_discarded() -> None:
+    """Issue 14 #10: an empty AS4_PATH made AS_PATH parse as 4-octet: NOTIFICATION 3/11."""
+    two = bytes([2, 2]) + struct.pack("!HH", 65001, 23456)  # AS_SEQUENCE 65001 AS_TRANS
+    for as4_path in (b"", bytes([2, 5, 0, 0])):  # empty; a segment longer than the attribute
+        upd = c.decode_update(_update_2byte(two, as4_path), as4=False)
+        assert upd.attrs is not None and upd.attrs.as_path == (65001, 23456)
+    merged = c.decode_update(_update_2byte(two, bytes([2, 1]) + struct.pack("!I", 4200000001)), as4=False)
+    assert merged.attrs is not None and merged.attrs.as_path == (65001, 4200000001)  # RFC 6793 §4.2.3

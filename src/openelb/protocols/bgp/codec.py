@@ -485,7 +485,7 @@ def decode_update(body: bytes, add_path_rx: frozenset[Family] = frozenset(), as4
     if values.keys() - {MP_UNREACH}:
         attrs = Attributes(
             next_hop=next_hop,
-            as_path=_decode_as_path(values.get(AS4_PATH) or values.get(AS_PATH, b""), as4 or AS4_PATH in values),
+            as_path=_as_path_of(values, as4),
             local_pref=struct.unpack("!I", values[LOCAL_PREF])[0] if LOCAL_PREF in values else None,
             med=struct.unpack("!I", values[MED])[0] if MED in values else None,
             communities=_ints(values.get(COMMUNITIES, b""), 4),
@@ -503,6 +503,23 @@ def _ints(data: bytes, size: int) -> tuple[int, ...]:
     if len(data) % size:
         raise BgpError(UPDATE_ERROR, UPDATE_ATTR_LENGTH, "attribute length not a multiple of its items")
     return tuple(struct.unpack_from(fmt, data, k)[0] for k in range(0, len(data), size))
+
+
+def _as_path_of(values: dict[int, bytes], as4: bool) -> tuple[int, ...]:
+    """AS_PATH, merged with AS4_PATH from a 2-octet-AS peer (RFC 6793 §4.2.3). A malformed or
+    empty AS4_PATH is discarded (§6: attribute discard, not a session reset); between 4-octet
+    speakers AS4_PATH is ignored."""
+    path = _decode_as_path(values.get(AS_PATH, b""), as4)
+    raw4 = values.get(AS4_PATH)
+    if as4 or not raw4:
+        return path
+    try:
+        path4 = _decode_as_path(raw4, True)
+    except BgpError:
+        return path
+    if len(path4) > len(path):
+        return path
+    return path[: len(path) - len(path4)] + path4
 
 
 def _decode_as_path(data: bytes, as4: bool) -> tuple[int, ...]:
