@@ -103,3 +103,57 @@ def test_pools_that_can_never_be_right_are_refused_naming_the_block() -> None:
         assert not verdict.allowed and why in verdict.message, (address, verdict.message)
     for fine in ("198.51.100.0/24", "2001:db8::/64", "203.0.113.0-203.0.113.255"):
         assert review_eip({"operation": "CREATE", "object": eip("ok", fine)}, []).allowed, fine
+
+
+def test_booleans_are_no_as_numbers_and_garbage_used_keys_do_not_raise() -> None:
+    """Issue 14 #7: `as: true` passed (a bool is an int); a non-IP key in oldObject.status.used raised."""
+    conf = {"operation": "CREATE", "object": {"spec": {"as": True}}}
+    assert not review_bgpconf(conf).allowed
+    peer = {"operation": "CREATE", "object": {"spec": {"conf": {"peerAs": True, "neighborAddress": "198.51.100.2"}}}}
+    assert "peerAs" in review_bgppeer(peer).message
+    old = eip("a", "198.51.100.0/28", used={"not-an-ip": "ns/x", "198.51.100.3": "ns/y"})
+    new = eip("a", "198.51.100.0/29", used={})
+    verdict = review_eip({"operation": "UPDATE", "object": new, "oldObject": old}, [])
+    assert verdict.allowed  # .3 stays inside; the garbage key is nobody's address
+
+
+BAD_REVIEWS = (
+    b"{not json",
+    b"[1, 2]",
+    b'{"request": "x"}',
+    b'{"request": {"operation": "CREATE", "object": {"spec": "nope", "metadata": 7}}}',
+    b'{"request": {"operation": "UPDATE", "object": {"spec": {"address": 5}}, "oldObject": 3}}',
+    b'{"request": {"operation": "CREATE", "object": {"spec": {"conf": {"peerAs": [], "neighborAddress": {}}}}}}',
+)
+
+
+def test_the_webhook_never_answers_500_for_bad_input() -> None:
+    import asyncio
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from openelb.controller import webhook
+
+    class NoEips:
+        async def _items(self) -> Any:
+            for _ in ():
+                yield None
+
+        def list(self, *_: Any, **__: Any) -> Any:
+            return self._items()
+
+    async def scenario() -> list[int]:
+        app = webhook.make_app(NoEips())  # type: ignore[arg-type]
+        async with TestClient(TestServer(app)) as http:
+            codes = []
+            for path in (webhook.EIP_PATH, webhook.BGPCONF_PATH, webhook.BGPPEER_PATH):
+                for body in BAD_REVIEWS:
+                    resp = await http.post(path, data=body, headers={"Content-Type": "application/json"})
+                    codes.append(resp.status)
+                    if resp.status == 200:
+                        answer = await resp.json()
+                        assert "allowed" in answer["response"]
+            return codes
+
+    codes = asyncio.run(scenario())
+    assert 500 not in codes and set(codes) <= {200, 400}, codes

@@ -22,6 +22,19 @@ class Verdict:
 ALLOW = Verdict(True)
 
 
+def _asn(value: object) -> bool:
+    """An AS number: an int (not a bool: `as: true` is not AS 1) in 1..2^32-1."""
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 4294967295
+
+
+def _contains(rng: Any, key: str) -> bool:
+    """Whether a `status.used` key lies in the range; a key that is no IP is nobody's address."""
+    try:
+        return bool(rng.contains(key))
+    except ValueError:
+        return True
+
+
 def _used(obj: Mapping[str, Any] | None) -> dict[str, str]:
     return dict(((obj or {}).get("status") or {}).get("used") or {})
 
@@ -49,7 +62,7 @@ def review_eip(request: Mapping[str, Any], existing: Iterable[Mapping[str, Any]]
         except AddressError:
             rng = None
         if rng is not None:
-            orphaned = [ip for ip in used if not rng.contains(ip)]
+            orphaned = [ip for ip in used if not _contains(rng, ip)]
             if orphaned:
                 problems.append(
                     f"the new address {eip.address} leaves out ip {', '.join(sorted(orphaned))} in use by "
@@ -67,7 +80,7 @@ def review_bgpconf(request: Mapping[str, Any]) -> Verdict:
     spec = obj.get("spec") or {}
     problems = []
     asn = spec.get("as")
-    if not isinstance(asn, int) or not 1 <= asn <= 4294967295:
+    if not _asn(asn):
         problems.append("spec.as must be an AS number between 1 and 4294967295")
     rid = spec.get("routerId")
     if rid:
@@ -95,7 +108,7 @@ def review_bgppeer(request: Mapping[str, Any]) -> Verdict:
         return Verdict(False, "spec.conf is required (peerAs and neighborAddress)")
     problems = []
     asn = conf.get("peerAs")
-    if not isinstance(asn, int) or not 1 <= asn <= 4294967295:
+    if not _asn(asn):
         problems.append("spec.conf.peerAs must be an AS number between 1 and 4294967295")
     try:
         ipaddress.ip_address(str(conf.get("neighborAddress", "")))
@@ -106,7 +119,8 @@ def review_bgppeer(request: Mapping[str, Any]) -> Verdict:
 
 def response(review: Mapping[str, Any], verdict: Verdict) -> dict[str, Any]:
     """The AdmissionReview answer (admission.k8s.io/v1)."""
-    uid = (review.get("request") or {}).get("uid", "")
+    req = review.get("request")
+    uid = str(req.get("uid", "")) if isinstance(req, Mapping) else ""
     body: dict[str, Any] = {"uid": uid, "allowed": verdict.allowed}
     if not verdict.allowed:
         body["status"] = {"code": 403, "reason": "Forbidden", "message": verdict.message}

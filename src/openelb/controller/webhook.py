@@ -14,6 +14,7 @@ import datetime as dt
 import logging
 import ssl
 import tempfile
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -172,20 +173,42 @@ class CertManager:
 
 
 def make_app(client: AsyncClient) -> web.Application:
-    async def eip(request: web.Request) -> web.Response:
-        review = await request.json()
-        req = review.get("request") or {}
-        existing = [dict(o) for o in [x async for x in client.list(Eip)]]
-        verdict = admission.review_eip(req, existing)
+    async def answer(request: web.Request, review_fn: Callable[[Mapping[str, Any]], Awaitable[Any]]) -> web.Response:
+        """Bad input gets a clear denial (400 for what is not JSON), never a 500 from our code."""
+        try:
+            review = await request.json()
+        except ValueError:
+            return web.Response(status=400, text="the body is not JSON (an AdmissionReview)")
+        if not isinstance(review, dict):
+            return web.Response(status=400, text="the body is not an AdmissionReview object")
+        req = review.get("request")
+        try:
+            verdict = await review_fn(req if isinstance(req, dict) else {})
+        except ApiError:
+            raise
+        except Exception as exc:  # malformed objects inside a well-formed review
+            log.warning("admission: malformed %s request: %s", request.path, type(exc).__name__)
+            verdict = admission.Verdict(False, f"malformed object ({type(exc).__name__}); see the CRD schema")
         return web.json_response(admission.response(review, verdict))
 
+    async def review_eip(req: Mapping[str, Any]) -> Any:
+        existing = [dict(o) for o in [x async for x in client.list(Eip)]]
+        return admission.review_eip(req, existing)
+
+    async def review_bgpconf(req: Mapping[str, Any]) -> Any:
+        return admission.review_bgpconf(req)
+
+    async def review_bgppeer(req: Mapping[str, Any]) -> Any:
+        return admission.review_bgppeer(req)
+
+    async def eip(request: web.Request) -> web.Response:
+        return await answer(request, review_eip)
+
     async def bgpconf(request: web.Request) -> web.Response:
-        review = await request.json()
-        return web.json_response(admission.response(review, admission.review_bgpconf(review.get("request") or {})))
+        return await answer(request, review_bgpconf)
 
     async def bgppeer(request: web.Request) -> web.Response:
-        review = await request.json()
-        return web.json_response(admission.response(review, admission.review_bgppeer(review.get("request") or {})))
+        return await answer(request, review_bgppeer)
 
     app = web.Application()
     app.router.add_post(EIP_PATH, eip)
