@@ -177,19 +177,20 @@ RTTIME_US = 500_000
 a bug that spins is killed by the kernel instead of starving the node."""
 
 
-def realtime() -> str:
-    """Ask for real-time scheduling (SCHED_RR, as keepalived's VRRP process does): on a node
-    whose CPUs are saturated, a normal process can wait for a CPU longer than `--dead-after`.
-    Needs CAP_SYS_NICE (in the chart's speaker capabilities); without it, the normal priority."""
+def realtime(what: str = "heartbeats", hint: str = "on a CPU-starved node raise --dead-after") -> str:
+    """Ask for real-time scheduling (SCHED_RR, as keepalived's VRRP process does) for the calling
+    thread: on a node whose CPUs are saturated, a normal one can wait for a CPU longer than
+    `--dead-after` (or a VRRP master down interval). Needs CAP_SYS_NICE (in the chart's speaker
+    capabilities); without it, the normal priority. Also used by the speaker's VRRP thread."""
     try:
         resource.setrlimit(resource.RLIMIT_RTTIME, (RTTIME_US, RTTIME_US))
         os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(RT_PRIORITY))
     except (OSError, ValueError) as exc:
         return (
-            f"heartbeats at normal priority ({exc.strerror if isinstance(exc, OSError) else exc}; "
-            "grant CAP_SYS_NICE for real-time priority): on a CPU-starved node raise --dead-after"
+            f"{what} at normal priority ({exc.strerror if isinstance(exc, OSError) else exc}; "
+            f"grant CAP_SYS_NICE for real-time priority): {hint}"
         )
-    return f"heartbeats at real-time priority (SCHED_RR {RT_PRIORITY})"
+    return f"{what} at real-time priority (SCHED_RR {RT_PRIORITY})"
 
 
 def main(argv: Sequence[str]) -> None:

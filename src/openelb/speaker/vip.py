@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pyroute2 import IPRoute
 
 from openelb.protocols import vrrp
+from openelb.speaker.liveness_child import realtime
 from openelb.speaker.vip_host import IFA_PROTO_OPENELB, VipAddresses
 from openelb.speaker.vip_plan import GroupKey, RouterConfig
 
@@ -102,6 +103,8 @@ class VipEngine:
     # ---- the VRRP thread -------------------------------------------------------------------------
 
     def _run(self, ready: threading.Event) -> None:
+        # This thread only: a saturated node must not delay adverts past the master down interval.
+        log.info("%s", realtime("VRRP adverts", "on a CPU-starved node raise the Eip's advert-interval"))
         loop = asyncio.new_event_loop()
         self._loop = loop
         ready.set()
