@@ -342,6 +342,26 @@ class Figures:
         return ok[min(len(ok) - 1, int(len(ok) * 0.99))] if ok else float("inf")
 
 
+def start_controller(kube: Any, kc: Path, pools: dict[str, tuple[str, str]], tag: str) -> subprocess.Popen[bytes]:
+    """CRDs, the namespace, the Eips (name → (address, protocol); layer2/vip on eth0) and a
+    controller without webhook or leader election, logging to /tmp/openelb-bench-<tag>-controller.log."""
+    for crd in crds.definitions():
+        workloads.apply(kube, crd)
+    workloads.ensure_namespace(kube, NS)
+    for name, (pool, proto) in pools.items():
+        spec: dict[str, Any] = {"address": pool, "protocol": proto}
+        if proto in ("layer2", "vip"):
+            spec["interface"] = "eth0"
+        workloads.apply(kube, {"apiVersion": f"{names.GROUP}/{names.VERSION}", "kind": "Eip",
+                               "metadata": {"name": name}, "spec": spec})  # fmt: skip
+    with Path(f"/tmp/openelb-bench-{tag}-controller.log").open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "openelb", "controller", "--leader-elect=false", "--webhook-addr=",
+             "--metrics-addr=127.0.0.1:0", "--namespace=default", f"--kubeconfig={kc}"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
 def run(nodes: int, services: int, churn_s: float, idle: float, runs: int) -> Figures:
     """The whole scale run on a lab of its own (brought up here and always taken down)."""
     lab_plan = lab.up(nodes, full_nodes=3)
@@ -351,21 +371,7 @@ def run(nodes: int, services: int, churn_s: float, idle: float, runs: int) -> Fi
     speakers: dict[str, Speaker] = {}
     ctl: subprocess.Popen[bytes] | None = None
     try:
-        for crd in crds.definitions():
-            workloads.apply(kube, crd)
-        workloads.ensure_namespace(kube, NS)
-        for name, pool, proto in (("l2", L2_POOL, "layer2"), ("bgp", BGP_POOL, "bgp")):
-            spec: dict[str, Any] = {"address": pool, "protocol": proto}
-            if proto == "layer2":
-                spec["interface"] = "eth0"
-            workloads.apply(kube, {"apiVersion": f"{names.GROUP}/{names.VERSION}", "kind": "Eip",
-                                   "metadata": {"name": name}, "spec": spec})  # fmt: skip
-        log = Path("/tmp/openelb-bench-scale-controller.log")
-        ctl = subprocess.Popen(
-            [sys.executable, "-m", "openelb", "controller", "--leader-elect=false", "--webhook-addr=",
-             "--metrics-addr=127.0.0.1:0", "--namespace=default", f"--kubeconfig={kc}"],
-            stdout=log.open("wb"), stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        ctl = start_controller(kube, kc, {"l2": (L2_POOL, "layer2"), "bgp": (BGP_POOL, "bgp")}, "scale")
         names_ = [n.name for n in lab_plan.nodes]
         rng = random.Random(1)  # noqa: S311
         local = asyncio.run(create(str(kc), services, names_, rng))

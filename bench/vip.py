@@ -24,14 +24,11 @@ import json
 import signal
 import statistics
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 from lightkube.resources.core_v1 import Service
-from speaker_scale import NS, Speaker, _Client, arp_macs, in_netns, say, scrape, service_body
+from speaker_scale import NS, Speaker, _Client, arp_macs, in_netns, say, scrape, service_body, start_controller
 
-from openelb.api import crds, names
 from openelb.kube.client import sync_client
 from openelb.lab import lab, workloads
 from openelb.lab.components import Paths
@@ -75,18 +72,7 @@ def main() -> None:
     speakers: dict[str, Speaker] = {}
     ctl: subprocess.Popen[bytes] | None = None
     try:
-        for crd in crds.definitions():
-            workloads.apply(kube, crd)
-        workloads.ensure_namespace(kube, NS)
-        spec = {"address": POOL, "protocol": "vip", "interface": "eth0"}
-        workloads.apply(kube, {"apiVersion": f"{names.GROUP}/{names.VERSION}", "kind": "Eip",
-                               "metadata": {"name": "vip"}, "spec": spec})  # fmt: skip
-        with Path("/tmp/openelb-bench-vip-controller.log").open("wb") as log:
-            ctl = subprocess.Popen(
-                [sys.executable, "-m", "openelb", "controller", "--leader-elect=false", "--webhook-addr=",
-                 "--metrics-addr=127.0.0.1:0", "--namespace=default", f"--kubeconfig={kc}"],
-                stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+        ctl = start_controller(kube, kc, {"vip": (POOL, "vip")}, "vip")
         speakers = {n.name: Speaker(n.name, n.netns, kc) for n in lab_plan.nodes}
         workloads.poll("every speaker ready", lambda: all(s.ready() for s in speakers.values()), 120, interval=1)
         t0 = time.monotonic()

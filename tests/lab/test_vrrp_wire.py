@@ -112,8 +112,8 @@ def wait_for(what: str, cond: object, timeout: float = 10.0) -> float:
 
 @pytest.fixture
 def segment() -> Iterator[None]:
-    if shutil.which("keepalived") is None:
-        pytest.skip("keepalived missing: run scripts/setup")
+    # Not a skip: scripts/setup installs it, and a missing install step must fail, not hide.
+    assert shutil.which("keepalived"), "keepalived missing: run scripts/setup (it installs Debian's keepalived)"
     names = [SW] + [ns(h) for h in HOSTS]
     for n in names:
         subprocess.run(["ip", "netns", "del", n], capture_output=True, check=False)

@@ -207,19 +207,25 @@ NLMSG = struct.Struct("=IHHII")
 RTATTR = struct.Struct("=HH")
 
 
+def _attr(body: bytes, off: int, wanted: int) -> bytes | None:
+    """The payload of the first rtattr of type `wanted` from `off` on (None if absent or garbled)."""
+    while off + RTATTR.size <= len(body):
+        length, kind = RTATTR.unpack_from(body, off)
+        if length < RTATTR.size:
+            return None
+        if kind == wanted:
+            return body[off + RTATTR.size : off + length]
+        off += (length + 3) & ~3
+    return None
+
+
 def event_index(msg_type: int, body: bytes) -> int | None:
     """The interface an address or route message is about (None for anything else)."""
     if msg_type in (RTM_NEWADDR, RTM_DELADDR) and len(body) >= 8:
         return int(struct.unpack_from("=I", body, 4)[0])
     if msg_type in (RTM_NEWROUTE, RTM_DELROUTE):
-        off = 12  # struct rtmsg
-        while off + RTATTR.size <= len(body):
-            length, kind = RTATTR.unpack_from(body, off)
-            if length < RTATTR.size:
-                return None
-            if kind == RTA_OIF and length >= 8:
-                return int(struct.unpack_from("=I", body, off + 4)[0])
-            off += (length + 3) & ~3
+        oif = _attr(body, 12, RTA_OIF)  # after struct rtmsg
+        return int(struct.unpack_from("=I", oif)[0]) if oif is not None and len(oif) >= 4 else None
     return None
 
 
@@ -228,15 +234,8 @@ def our_own_write(msg_type: int, body: bytes) -> bool:
     with IFA_PROTO 79) or the local-table route the kernel adds with it. Reacting to these would
     re-resolve every pool (dumping thousands of addresses) on each address a master takes."""
     if msg_type in (RTM_NEWADDR, RTM_DELADDR):
-        off = 8  # struct ifaddrmsg
-        while off + RTATTR.size <= len(body):
-            length, kind = RTATTR.unpack_from(body, off)
-            if length < RTATTR.size:
-                return False
-            if kind == IFA_PROTO and length >= 5:
-                return body[off + 4] == MARKED_PROTO
-            off += (length + 3) & ~3
-        return False
+        proto = _attr(body, 8, IFA_PROTO)  # after struct ifaddrmsg
+        return proto is not None and proto[:1] == bytes([MARKED_PROTO])
     if msg_type in (RTM_NEWROUTE, RTM_DELROUTE) and len(body) >= 12:
         return body[4] == RT_TABLE_LOCAL and body[7] == RTN_LOCAL
     return False

@@ -189,7 +189,6 @@ class Speaker:
 
     def _vip_state(self, key: GroupKey, cfg: RouterConfig, master: bool) -> None:
         """From the VRRP thread: this node became master or backup of a router."""
-        self.counts["vip_transitions"] += 1
         for ip in cfg.addresses:
             held = self.vip_ips.get(ip)
             if master:

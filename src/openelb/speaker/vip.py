@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from pyroute2 import IPRoute
 
 from openelb.protocols import vrrp
+from openelb.speaker.hostnet import MARKED_PROTO
 from openelb.speaker.liveness_child import realtime
-from openelb.speaker.vip_host import IFA_PROTO_OPENELB, VipAddresses
+from openelb.speaker.vip_host import VipAddresses
 from openelb.speaker.vip_plan import GroupKey, RouterConfig
 
 log = logging.getLogger("openelb.speaker.vip")
@@ -56,7 +57,7 @@ def primary_address(index: int, family: int) -> vrrp.Address | None:
     called off the VRRP thread's loop (once per interface and family)."""
     with IPRoute() as ipr:
         for a in ipr.get_addr(index=index, family=socket.AF_INET if family == 4 else socket.AF_INET6):
-            if a.get("IFA_PROTO") == IFA_PROTO_OPENELB:
+            if a.get("IFA_PROTO") == MARKED_PROTO:
                 continue
             addr = ipaddress.ip_address(a.get("IFA_ADDRESS"))
             if family == 4 or (isinstance(addr, ipaddress.IPv6Address) and addr.is_link_local):

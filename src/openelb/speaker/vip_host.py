@@ -2,7 +2,7 @@
 
 A VRRP master holds its virtual router's IPs as /32 and /128 addresses on the Eip's interface, so
 the node's kernel answers ARP/NDP and ping for them and takes the Service traffic. Every address
-added here carries `IFA_PROTO = IFA_PROTO_OPENELB`: at start the speaker removes every address
+added here carries `IFA_PROTO = MARKED_PROTO`: at start the speaker removes every address
 with that mark (a predecessor killed with SIGKILL leaves nothing behind once it restarts), and it
 never touches an address it did not add. Netlink writes and the gratuitous ARP / unsolicited NA
 that follow them run on a worker thread: a master taking over a thousand IPs never delays the
@@ -29,8 +29,6 @@ from openelb.speaker.hostnet import IFA_F_NODAD, MARKED_PROTO
 from openelb.speaker.layer2 import ETH_P_ARP, mac_of
 
 log = logging.getLogger("openelb.speaker.vip")
-IFA_PROTO_OPENELB = MARKED_PROTO
-"""The mark on our addresses (`ip -d addr` shows `proto 79`); the NetWatcher ignores their events."""
 IFA_F_NOPREFIXROUTE = 0x200
 """No prefix route for our /128s (the kernel adds one for IPv6 otherwise: a route event per IP)."""
 ANNOUNCE_AGAIN = (0.5, 2.0)
@@ -91,7 +89,7 @@ class VipAddresses:
         removed = 0
         with contextlib.suppress(NetlinkError, OSError):
             for a in self._ipr.get_addr():
-                if a.get("IFA_PROTO") == IFA_PROTO_OPENELB:
+                if a.get("IFA_PROTO") == MARKED_PROTO:
                     with contextlib.suppress(NetlinkError):
                         self._ipr.addr("del", index=a["index"], address=a.get("IFA_ADDRESS"), prefixlen=a["prefixlen"])
                         removed += 1
@@ -159,7 +157,7 @@ class VipAddresses:
             index = socket.if_nametoindex(ifname)
             kw: dict[str, object] = {"index": index, "address": ip, "prefixlen": 128 if v6 else 32}
             if op != "del":
-                kw["proto"] = IFA_PROTO_OPENELB
+                kw["proto"] = MARKED_PROTO
                 if v6:
                     kw["flags"] = IFA_F_NODAD | IFA_F_NOPREFIXROUTE
             self._ipr.addr(op, **kw)
