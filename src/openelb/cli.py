@@ -62,6 +62,10 @@ def _openelb_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     c.add_argument("--webhook-secret", default="openelb-admission", help="Secret holding the webhook certificate")
     c.add_argument("--webhook-config", default="openelb-admission", help="ValidatingWebhookConfiguration to patch")
     c.add_argument("--workers", type=int, default=16, help="concurrent reconciles (API round trips overlap)")
+    c.add_argument(
+        "--memberlist-secret", default=names.MEMBERLIST_SECRET,
+        help="Secret with the speakers' heartbeat key, created with a random key if missing ('' = never)",
+    )  # fmt: skip
     sub.add_parser("crds", help="print the CustomResourceDefinitions (YAML)")
     st = sub.add_parser("status", help="pools, Services, IPs, announcing nodes, pending reasons")
     st.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
@@ -77,7 +81,13 @@ def _openelb_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "VIP mode (VRRPv3, in-process: no keepalived runs; Go OpenELB's flag, default false there)",
     )  # fmt: skip
     sp.add_argument("--bind-addr", default="0.0.0.0", help="address of the heartbeat socket (Go: memberlist's)")  # noqa: S104
-    sp.add_argument("--secret", help="heartbeat key when MEMBER_LIST_SECRET is unset (default openelb-speakers)")
+    sp.add_argument("--secret", help="heartbeat key(s), one per line, when MEMBER_LIST_SECRET is unset")
+    sp.add_argument(
+        "--secret-name",
+        help="Secret (in OPENELB_NAMESPACE) with the heartbeat keys, read at start and polled for rotation; "
+        "used when neither MEMBER_LIST_SECRET nor --secret is given",
+    )
+    sp.add_argument("--secret-poll", type=float, default=10.0, help="seconds between reads of --secret-name")
     sp.add_argument("--api-hosts", help="Go OpenELB's GoBGP gRPC API address; accepted, not served yet")
     sp.add_argument("--log-path", help="Go OpenELB's keepalived log file; accepted (no keepalived runs)")
     sp.add_argument("--keepalived-args", help="Go OpenELB's extra keepalived args; accepted (no keepalived runs)")
@@ -135,6 +145,7 @@ def controller_options(args: argparse.Namespace) -> tuple[Any, list[str]]:
         webhook_secret=args.webhook_secret,
         webhook_config=args.webhook_config,
         workers=args.workers,
+        memberlist_secret=args.memberlist_secret,
     )
     if args.namespace:
         opts.namespace = args.namespace
@@ -151,6 +162,8 @@ def _run_controller(args: argparse.Namespace) -> int:
 
 
 def speaker_options(args: argparse.Namespace) -> tuple[Any, list[str]]:
+    from openelb.api import names
+    from openelb.kube.memberlist import parse_keys
     from openelb.speaker.main import SpeakerOptions
 
     notes = []
@@ -159,11 +172,17 @@ def speaker_options(args: argparse.Namespace) -> tuple[Any, list[str]]:
     for flag, value in (("--log-path", args.log_path), ("--keepalived-args", args.keepalived_args)):
         if value:
             notes.append(f"{flag}={value}: accepted; no keepalived runs (VIP mode is VRRP in the speaker)")
-    key = os.environ.get("MEMBER_LIST_SECRET") or args.secret or "openelb-speakers"
+
+    keys = parse_keys(os.environ.get("MEMBER_LIST_SECRET") or args.secret or "")
+    if not keys and not args.secret_name:
+        keys = (names.PUBLISHED_HEARTBEAT_KEY.encode(),)  # Go OpenELB's default; warned of at start
     opts = SpeakerOptions(
         node=args.node_name,
         kubeconfig=args.kubeconfig,
-        key=key.encode(),
+        keys=keys,
+        secret_name=None if keys else args.secret_name,
+        secret_poll=args.secret_poll,
+        namespace=os.environ.get("OPENELB_NAMESPACE") or names.DEFAULT_NAMESPACE,
         port=args.bind_port,
         bind_addr=args.bind_addr,
         interval=args.heartbeat_interval,

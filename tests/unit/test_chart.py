@@ -67,7 +67,18 @@ def test_rbac_has_no_wildcards_and_no_secret_reads_beyond_its_own(helm: str) -> 
         for rule in role["rules"]:
             assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"], role
             if "secrets" in rule["resources"]:
-                assert set(rule["verbs"]) <= {"create"} or rule.get("resourceNames") == ["openelb-admission"], rule
+                own = rule.get("resourceNames") in (["openelb-admission"], ["openelb-memberlist"])
+                assert set(rule["verbs"]) <= {"create"} or own, rule
+                if rule.get("resourceNames") == ["openelb-memberlist"]:
+                    assert rule["verbs"] == ["get"], rule  # read, never written by a speaker
+
+
+def test_no_heartbeat_key_is_shipped_unless_given(helm: str) -> None:
+    """A key in a published manifest is everyone's key (issue 14 #8): the controller makes it."""
+    secrets = [d["metadata"]["name"] for d in render(helm) if d["kind"] == "Secret"]
+    assert "openelb-memberlist" not in secrets
+    given = [d for d in render(helm, "speaker.memberlistSecret=s3cret") if d["kind"] == "Secret"]
+    assert [d["metadata"]["name"] for d in given] == ["openelb-memberlist"]
 
 
 def test_monitors_select_the_pods_and_services_they_mean(helm: str) -> None:

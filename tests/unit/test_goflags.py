@@ -32,12 +32,18 @@ def test_go_openelbs_speaker_args(monkeypatch: pytest.MonkeyPatch) -> None:
     args = parse("speaker", "--api-hosts=:50051", "--enable-keepalived-vip=false", "--enable-layer2=false")
     opts, notes = cli.speaker_options(args)
     assert (opts.enable_layer2, opts.enable_vip, opts.enable_bgp) == (False, False, True)
-    assert opts.key == b"from-the-secret" and opts.node == "node-1"
+    assert opts.keys == (b"from-the-secret",) and opts.node == "node-1" and opts.secret_name is None
     assert len(notes) == 1 and "--api-hosts=:50051" in notes[0]
     seed = cli.speaker_options(parse("speaker", "--enable-layer2=true", "--bind-addr=198.51.100.7", "--bind-port=7947"))
     assert seed[0].enable_layer2 is True and (seed[0].bind_addr, seed[0].port) == ("198.51.100.7", 7947)
     monkeypatch.delenv("MEMBER_LIST_SECRET")
-    assert cli.speaker_options(parse("speaker", "--secret=s3"))[0].key == b"s3"
+    assert cli.speaker_options(parse("speaker", "--secret=s3"))[0].keys == (b"s3",)
+    # Go's default when nothing is given (warned of at start); our chart's --secret-name otherwise
+    assert cli.speaker_options(parse("speaker"))[0].keys == (b"openelb-speakers",)
+    ours = cli.speaker_options(parse("speaker", "--secret-name=openelb-memberlist"))[0]
+    assert ours.keys == () and ours.secret_name == "openelb-memberlist"
+    monkeypatch.setenv("MEMBER_LIST_SECRET", "new\nold\n")  # rotation: the first signs, both verify
+    assert cli.speaker_options(parse("speaker", "--secret-name=x"))[0].keys == (b"new", b"old")
     _o, notes = cli.speaker_options(parse("speaker", "--log-path=/var/log/k.log", "--keepalived-args=-D"))
     assert len(notes) == 2 and all("no keepalived runs" in n for n in notes)
 

@@ -8,7 +8,6 @@ import time
 
 from prometheus_client import CollectorRegistry
 
-from openelb.protocols import heartbeat as hbp
 from openelb.speaker.liveness import Heartbeats
 
 KEY = b"test-key"
@@ -28,9 +27,9 @@ def test_a_blocked_loop_neither_delays_heartbeats_nor_expires_peers() -> None:
         seen: list[frozenset[str]] = []
         regs = [CollectorRegistry(), CollectorRegistry()]
         port = 17946
-        a = Heartbeats("a", KEY, port=port, interval=0.05, dead_after=0.2, loop=loop, on_change=seen.append,
+        a = Heartbeats("a", [KEY], port=port, interval=0.05, dead_after=0.2, loop=loop, on_change=seen.append,
                        registry=regs[0], bind="127.0.0.1")  # fmt: skip
-        b = Heartbeats("b", KEY, port=port, interval=0.05, dead_after=0.2, loop=loop, on_change=lambda _s: None,
+        b = Heartbeats("b", [KEY], port=port, interval=0.05, dead_after=0.2, loop=loop, on_change=lambda _s: None,
                        registry=regs[1], bind="127.0.0.2")  # fmt: skip
         a.peers, b.peers = ("127.0.0.2",), ("127.0.0.1",)
         a.ready = b.ready = True
@@ -61,9 +60,38 @@ def test_a_blocked_loop_neither_delays_heartbeats_nor_expires_peers() -> None:
     assert late == 0, f"{late} heartbeat rounds went out more than 50 ms late"
 
 
-def test_leaving_removes_the_node_at_once_and_replays_are_refused() -> None:
-    m = hbp.Membership("a", timeout=0.2)
-    assert m.receive(hbp.Heartbeat("b", 10), 0.0)
-    assert not m.receive(hbp.Heartbeat("b", 10), 0.01)  # replay
-    assert m.receive(hbp.Heartbeat("b", 11, hbp.LEAVING), 0.02)
-    assert m.alive() == {"a"}
+def test_keys_rotate_live_without_a_peer_expiring() -> None:
+    """Rotation through the real child processes: accept both, sign with the new one, drop the old."""
+
+    async def scenario() -> tuple[float, float, bool]:
+        loop = asyncio.get_running_loop()
+        regs = [CollectorRegistry(), CollectorRegistry()]
+        kw = {"port": 17947, "interval": 0.05, "dead_after": 0.2, "loop": loop, "on_change": lambda _s: None}
+        a = Heartbeats("a", [b"old"], registry=regs[0], bind="127.0.0.1", **kw)  # type: ignore[arg-type]
+        b = Heartbeats("b", [b"old"], registry=regs[1], bind="127.0.0.2", **kw)  # type: ignore[arg-type]
+        a.peers, b.peers = ("127.0.0.2",), ("127.0.0.1",)
+        a.ready = b.ready = True
+        a.start()
+        b.start()
+        try:
+            for _ in range(100):
+                await asyncio.sleep(0.02)
+                if "b" in a.alive and "a" in b.alive:
+                    break
+            for ka, kb in (([b"old", b"new"], [b"old", b"new"]), ([b"new", b"old"], [b"old", b"new"]),
+                           ([b"new", b"old"], [b"new", b"old"]), ([b"new"], [b"new"])):  # fmt: skip
+                a.keys, b.keys = ka, kb
+                await asyncio.sleep(0.3)
+            await asyncio.sleep(1.1)  # a report period
+            expired = sum(r.get_sample_value("openelb_speaker_peers_expired_total") or 0.0 for r in regs)
+            garbage = sum(
+                r.get_sample_value("openelb_speaker_heartbeats_refused_total", {"reason": "garbage"}) or 0.0
+                for r in regs
+            )
+            return expired, garbage, "b" in a.alive and "a" in b.alive
+        finally:
+            a.close()
+            b.close()
+
+    expired, garbage, both = asyncio.run(scenario())
+    assert both and expired == 0 and garbage == 0, (both, expired, garbage)

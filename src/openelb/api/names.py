@@ -39,6 +39,10 @@ FINALIZER_EIP = "finalizer.ipam.kubesphere.io/v1alpha1"
 DEFAULT_LB_CLASS = "openelb.kubesphere.io/lb"
 DEFAULT_NAMESPACE = "openelb-system"
 LEADER_LEASE = "openelb-controller"
+MEMBERLIST_SECRET = "openelb-memberlist"  # noqa: S105 - a Secret's name
+"""The speakers' heartbeat key (data key `key`); the controller makes it if missing."""
+PUBLISHED_HEARTBEAT_KEY = "openelb-speakers"
+"""Go OpenELB's default `--secret`, also in its deploy/openelb.yaml: known to anyone."""
 
 CONTROLLER_COMPONENT = "OpenELBController"
 EIP_COMPONENT = "EIPController"

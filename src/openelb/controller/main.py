@@ -17,6 +17,7 @@ from openelb.controller.ipam import IpamController
 from openelb.controller.metrics import Metrics
 from openelb.controller.servicepolicy import Policy
 from openelb.controller.webhook import CertManager, dns_names, serve
+from openelb.kube import memberlist
 from openelb.kube.client import async_client
 from openelb.kube.events import EventRecorder
 from openelb.kube.leader import LeaseElector
@@ -43,6 +44,8 @@ class ControllerOptions:
     webhook_config: str = "openelb-admission"
     webhook_ips: tuple[str, ...] = ()
     workers: int = 16
+    memberlist_secret: str = names.MEMBERLIST_SECRET
+    """The speakers' heartbeat key Secret, created with a random key if missing ("" = never)."""
 
 
 async def run(opts: ControllerOptions) -> None:
@@ -67,6 +70,11 @@ async def run(opts: ControllerOptions) -> None:
         return "syncing caches" if active and not ctrl.ready.is_set() else None
 
     runners.append(await serve_metrics(metrics.registry, opts.metrics_addr, not_ready))
+    keymaker = (
+        asyncio.create_task(memberlist.ensure(client, opts.namespace, opts.memberlist_secret))
+        if opts.memberlist_secret
+        else None
+    )
 
     if opts.webhook_addr:
         certs = CertManager(
@@ -99,8 +107,9 @@ async def run(opts: ControllerOptions) -> None:
             work.result()  # raises LostLeadership: exit non-zero so the pod restarts as a standby
     finally:
         work.cancel()
-        if refresher:
-            refresher.cancel()
+        for t in (refresher, keymaker):
+            if t:
+                t.cancel()
         if elector:
             await elector.release()
         for r in runners:

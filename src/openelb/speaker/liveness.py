@@ -47,7 +47,7 @@ class Heartbeats:
     def __init__(
         self,
         node: str,
-        key: bytes,
+        keys: Sequence[bytes],
         *,
         port: int,
         interval: float,
@@ -61,7 +61,7 @@ class Heartbeats:
         self.node = node
         self.loop = loop
         self.on_change = on_change
-        self.cfg = Config(node, key, port, interval, dead_after, bind, watchdog)
+        self.cfg = Config(node, tuple(keys), port, interval, dead_after, bind, watchdog)
         self.alive: frozenset[str] = frozenset({node})
         """The last live set reported (read by metrics)."""
         # Bound here, so a port in use fails the speaker at once (CannotListen) as before.
@@ -91,8 +91,12 @@ class Heartbeats:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5),
             registry=registry,
         )
-        self.bad = Counter(
-            "openelb_speaker_bad_heartbeats", "heartbeats refused (garbage or wrong key)", registry=registry
+        self.refused = Counter(
+            "openelb_speaker_heartbeats_refused",
+            "heartbeat datagrams dropped: garbage (or a wrong key), replay, unverified (a peer's new "
+            "incarnation before it answered a probe), stale-reply, rate-limited (probe answers)",
+            ["reason"],
+            registry=registry,
         )
         self.expired = Counter(
             "openelb_speaker_peers_expired",
@@ -145,6 +149,18 @@ class Heartbeats:
             self._send("peers", new)
 
     @property
+    def keys(self) -> tuple[bytes, ...]:
+        return self.cfg.keys
+
+    @keys.setter
+    def keys(self, keys: Sequence[bytes]) -> None:
+        """A rotation step, live: the child signs with the first and accepts any."""
+        new = tuple(keys)
+        if new and new != self.cfg.keys:
+            self.cfg.keys = new
+            self._send("keys", new)
+
+    @property
     def ready(self) -> bool:
         """JOINING until the speaker announces: the current owners keep the IPs until then, so a
         returning node takes them over make-before-break."""
@@ -176,8 +192,8 @@ class Heartbeats:
                 self.lateness.observe(v)
             for v in rep.rtt:
                 self.rtt.observe(v)
-            if rep.bad:
-                self.bad.inc(rep.bad)
+            for reason, n in rep.refused.items():
+                self.refused.labels(reason).inc(n)
             if rep.expired:
                 self.expired.inc(rep.expired)
             if rep.alive is not None and rep.alive != self.alive:

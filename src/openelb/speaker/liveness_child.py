@@ -25,7 +25,8 @@ REPORT_EVERY = 1.0
 @dataclass
 class Config:
     node: str
-    key: bytes
+    keys: tuple[bytes, ...]
+    """The first signs, any verifies (rotation)."""
     port: int
     interval: float
     dead_after: float
@@ -42,7 +43,8 @@ class Report:
     """Sent once, `dead_after` after the child started: it has heard whoever is there."""
     lateness: list[float] = field(default_factory=list)
     rtt: list[float] = field(default_factory=list)
-    bad: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
+    """Datagrams dropped, by reason (`Received.refused`)."""
     expired: int = 0
     logs: list[str] = field(default_factory=list)
 
@@ -54,7 +56,7 @@ class Child:
         self.cfg = cfg
         self.conn = conn
         self.sock = sock
-        self.membership = hbp.Membership(cfg.node, timeout=cfg.dead_after)
+        self.membership = hbp.Membership(cfg.node, cfg.keys, timeout=cfg.dead_after)
         self.peers: Sequence[str] = ()
         self.ready = False
         self.last_tick = time.monotonic()
@@ -67,7 +69,9 @@ class Child:
         tick = 0
         due = time.monotonic()
         next_report = due + REPORT_EVERY
-        settle_at: float | None = due + cfg.dead_after
+        # Long enough to hear every live peer and verify it (a probe and its reply, then its next
+        # heartbeat), so a restart never briefly grabs IPs whose owners it has not heard yet.
+        settle_at: float | None = due + cfg.dead_after + 2 * cfg.interval
         while True:
             now = time.monotonic()
             if settle_at is not None and now >= settle_at:
@@ -89,7 +93,7 @@ class Child:
                     )
                 if not silent:  # the speaker itself is alive
                     if tick % probes_every == 0:
-                        self._send(hbp.PROBE)
+                        self._probe(now)
                     self._send(hbp.ALIVE if self.ready else hbp.JOINING)
                 dead = self.membership.expire(now)
                 if dead:
@@ -120,6 +124,8 @@ class Child:
             self.last_tick = time.monotonic()
             if cmd == "peers":
                 self.peers = tuple(arg)
+            elif cmd == "keys":
+                self.membership.set_keys(arg)
             elif cmd == "ready":
                 self.ready = bool(arg)
             elif cmd == "leave":
@@ -135,20 +141,16 @@ class Child:
                 data, addr = self.sock.recvfrom(512)
             except OSError:  # BlockingIOError: drained
                 return
-            try:
-                hb = hbp.decode(data, self.cfg.key)
-            except hbp.HeartbeatError:
-                self.report.bad += 1
-                continue
-            if hb.kind == hbp.PROBE:
-                if hb.node != self.cfg.node:
-                    reply = hbp.encode(hbp.Heartbeat(self.cfg.node, hb.seq, hbp.REPLY), self.cfg.key)
-                    with contextlib.suppress(OSError):
-                        self.sock.sendto(reply, (addr[0], self.cfg.port))
-            elif hb.kind == hbp.REPLY:
-                self.report.rtt.append(max(0, time.time_ns() - hb.seq) / 1e9)
-            elif self.membership.receive(hb, now):
-                self.report.logs.append(f"membership: {hb.node} is {'leaving' if hb.kind == hbp.LEAVING else 'alive'}")
+            got = self.membership.receive(data, addr[0], now)
+            for msg, to in got.send:
+                with contextlib.suppress(OSError):
+                    self.sock.sendto(msg, (to, self.cfg.port))
+            if got.rtt is not None:
+                self.report.rtt.append(got.rtt)
+            if got.refused:
+                self.report.refused[got.refused] = self.report.refused.get(got.refused, 0) + 1
+            if got.changed:
+                self.report.logs.append(f"membership: {got.changed}")
                 self._changed()
 
     def _changed(self) -> None:
@@ -165,10 +167,18 @@ class Child:
         self.report = Report()
 
     def _send(self, kind: int) -> None:
-        msg = hbp.encode(hbp.Heartbeat(self.cfg.node, time.time_ns(), kind), self.cfg.key)
+        msg = self.membership.message(kind)  # one message (one counter value) for every peer
         for peer in self.peers:
             with contextlib.suppress(OSError):
                 self.sock.sendto(msg, (peer, self.cfg.port))
+
+    def _probe(self, now: float) -> None:
+        """RTT probes: one nonce per peer (a nonce answers one reply)."""
+        for peer in self.peers:
+            msg = self.membership.probe(now)
+            if msg is not None:
+                with contextlib.suppress(OSError):
+                    self.sock.sendto(msg, (peer, self.cfg.port))
 
 
 RT_PRIORITY = 10

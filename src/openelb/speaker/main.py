@@ -29,6 +29,7 @@ from openelb.api import names
 from openelb.api.eip import EipView
 from openelb.ipam.pools import PoolInfo, PoolModel
 from openelb.ipam.ranges import IPRange
+from openelb.kube import memberlist
 from openelb.kube.client import async_client
 from openelb.kube.events import EventRecorder, Target
 from openelb.kube.informer import Informer
@@ -55,7 +56,12 @@ LOG_EACH_IP = 20
 class SpeakerOptions:
     node: str
     kubeconfig: str | None = None
-    key: bytes = b"openelb-speakers"
+    keys: tuple[bytes, ...] = (names.PUBLISHED_HEARTBEAT_KEY.encode(),)
+    """Heartbeat keys: the first signs, any verifies. Empty: read from `secret_name`."""
+    secret_name: str | None = None
+    """The Secret to read the keys from (and poll for rotation) when `keys` is empty."""
+    secret_poll: float = 10.0
+    namespace: str = names.DEFAULT_NAMESPACE
     port: int = 7946
     bind_addr: str = "0.0.0.0"  # noqa: S104 - the node's heartbeat port
     interval: float = 0.05
@@ -394,10 +400,20 @@ class Speaker:
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = self._loop = asyncio.get_running_loop()
+        keys, watch = self.opts.keys, None
+        if not keys:
+            assert self.opts.secret_name, "speaker options need keys or a secret_name"
+            watch = memberlist.KeyWatch(self.client, self.opts.namespace, self.opts.secret_name, self.opts.secret_poll)
+            keys = await watch.first()
+        if keys[0] == names.PUBLISHED_HEARTBEAT_KEY.encode():
+            log.warning(
+                "heartbeats are signed with the published default key: anyone on the node network can forge "
+                "them. Put a random key in the Secret (docs/security.md)"
+            )
         try:
             self.heartbeats = Heartbeats(
                 self.opts.node,
-                self.opts.key,
+                keys,
                 port=self.opts.port,
                 interval=self.opts.interval,
                 dead_after=self.opts.dead_after,
@@ -421,6 +437,9 @@ class Speaker:
         self._update_peers()
         self.heartbeats.start()
         tasks.append(asyncio.create_task(self._refresh()))
+        if watch is not None:
+            hb = self.heartbeats
+            tasks.append(asyncio.create_task(watch.run(lambda ks: setattr(hb, "keys", ks))))
         # Hear the others before claiming anything, so a restart does not briefly grab every IP.
         try:
             await asyncio.wait_for(self.heartbeats.settled.wait(), 30)

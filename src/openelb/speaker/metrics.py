@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from openelb.kube.memberlist import fingerprint
 from openelb.speaker.layer2 import stats as layer2_stats
 
 if TYPE_CHECKING:
@@ -69,6 +70,16 @@ class SpeakerCollector:
         )  # fmt: skip
         alive = sp.heartbeats.alive if sp.heartbeats else frozenset({sp.opts.node})
         yield _gauge("openelb_speaker_live_peers", "speakers heard, this one included", float(len(alive)))
+        if sp.heartbeats is not None:
+            keys = GaugeMetricFamily(
+                "openelb_speaker_heartbeat_keys",
+                "heartbeat keys in use, by fingerprint (sha256, 12 hex); signs=true for the one that signs. "
+                "A rotation step is complete when every speaker shows the same set",
+                labels=["fingerprint", "signs"],
+            )
+            for i, k in enumerate(sp.heartbeats.keys):
+                keys.add_metric([fingerprint(k), "true" if i == 0 else "false"], 1.0)
+            yield keys
         backend = sp.bgp.backend if sp.bgp else None
         if backend is not None:
             labels = ["peer", "address"]
