@@ -15,8 +15,10 @@ RUN uv sync --frozen --no-dev --no-editable
 
 FROM python:3.11-slim
 # iproute2: the speaker's addresses on the openelb0 link and `ip route get` for Eip interfaces.
+# gobgpd: its `gobgp` CLI, for Go OpenELB's readiness probe (`gobgp -p 50051 global`) and
+# operators' `kubectl exec ... gobgp neighbor` against the speaker's read-only GoBGP API.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends iproute2 \
+ && apt-get install -y --no-install-recommends iproute2 gobgpd \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --uid 65532 --user-group --no-create-home --shell /usr/sbin/nologin openelb
 COPY --from=build /app/.venv /app/.venv

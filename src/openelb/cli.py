@@ -88,7 +88,11 @@ def _openelb_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "used when neither MEMBER_LIST_SECRET nor --secret is given",
     )
     sp.add_argument("--secret-poll", type=float, default=10.0, help="seconds between reads of --secret-name")
-    sp.add_argument("--api-hosts", help="Go OpenELB's GoBGP gRPC API address; accepted, not served yet")
+    sp.add_argument(
+        "--api-hosts", default="",
+        help="serve GoBGP's gRPC API, read-only, here (Go OpenELB: `:50051`, every address; "
+        "`127.0.0.1:50051` for the probe and kubectl exec only); empty: off",
+    )  # fmt: skip
     sp.add_argument("--log-path", help="Go OpenELB's keepalived log file; accepted (no keepalived runs)")
     sp.add_argument("--keepalived-args", help="Go OpenELB's extra keepalived args; accepted (no keepalived runs)")
     goflags.add_klog(sp)
@@ -167,8 +171,6 @@ def speaker_options(args: argparse.Namespace) -> tuple[Any, list[str]]:
     from openelb.speaker.main import SpeakerOptions
 
     notes = []
-    if args.api_hosts:
-        notes.append(f"--api-hosts={args.api_hosts}: accepted; the GoBGP gRPC API is not served yet (issue 13)")
     for flag, value in (("--log-path", args.log_path), ("--keepalived-args", args.keepalived_args)):
         if value:
             notes.append(f"{flag}={value}: accepted; no keepalived runs (VIP mode is VRRP in the speaker)")
@@ -182,6 +184,7 @@ def speaker_options(args: argparse.Namespace) -> tuple[Any, list[str]]:
         keys=keys,
         secret_name=None if keys else args.secret_name,
         secret_poll=args.secret_poll,
+        api_hosts=args.api_hosts,
         namespace=os.environ.get("OPENELB_NAMESPACE") or names.DEFAULT_NAMESPACE,
         port=args.bind_port,
         bind_addr=args.bind_addr,
@@ -282,3 +285,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"openelb: error: {exc}", file=sys.stderr)
             sys.exit(2)
         raise
+
+
+def controller_main() -> None:
+    """`openelb-controller ARGS`: Go OpenELB's executable name (`command: [openelb-controller]` in
+    its deploy/openelb.yaml), the same as `openelb controller ARGS`."""
+    main(["controller", *sys.argv[1:]])
+
+
+def speaker_main() -> None:
+    """`openelb-speaker ARGS`: Go OpenELB's executable name, the same as `openelb speaker ARGS`."""
+    main(["speaker", *sys.argv[1:]])

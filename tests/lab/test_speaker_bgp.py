@@ -40,7 +40,7 @@ from openelb.lab.plan import LabPlan
 pytestmark = [pytest.mark.root, pytest.mark.k8s_lab]
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples/bgp"
-SPEAKER_ARGS = ("--bgp-status-interval=1", "--enable-layer2=false")
+SPEAKER_ARGS = ("--bgp-status-interval=1", "--enable-layer2=false", "--api-hosts=127.0.0.1:50051")
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +127,55 @@ def test_sessions_ecmp_routes_and_remote_curl(lab_plan: LabPlan, bird: router.Bi
     assert len(set(remote_pods(lab_plan, ip6))) == 2
     out = in_netns(lab_plan.remote.netns, "ping", "-c", "3", "-i", "0.2", "-W", "1", ip)
     assert out.returncode == 0, out.stdout
+
+
+def _gobgp(netns: str, *args: str) -> str:
+    out = in_netns(netns, "gobgp", "-p", "50051", *args)
+    assert out.returncode == 0, f"gobgp {' '.join(args)}: {out.stdout}{out.stderr}"
+    return out.stdout
+
+
+def _rib_hops(text: str) -> dict[str, set[str]]:
+    """`gobgp global rib` → network → next hops."""
+    hops: dict[str, set[str]] = {}
+    for line in text.splitlines():
+        parts = line.split()  # [symbols] [ID] Network Next-Hop ...
+        net = next((i for i, p in enumerate(parts) if "/" in p), None)
+        if net is not None and net + 1 < len(parts):
+            hops.setdefault(parts[net], set()).add(parts[net + 1])
+    return hops
+
+
+def test_gobgp_cli_reads_our_speakers_as_bird_sees_them(
+    lab_plan: LabPlan, bird: router.Bird, bgp_seed: tuple[str, str]
+) -> None:
+    """Go OpenELB's operator habits: Debian's `gobgp` CLI inside each node against our speaker's
+    read-only GoBGP API, compared with BIRD's own view of the same sessions and routes."""
+    ip, ip6 = bgp_seed
+    workloads.poll("all BGP sessions Established", lambda: all(bird.established().values()), 30)
+    wait_hops(lab_plan, ip, node_ips(lab_plan))
+    wait_hops(lab_plan, ip6, node_ips(lab_plan, v6=True))
+    for node in lab_plan.nodes:
+        assert "AS:        50001" in _gobgp(node.netns, "global")  # the readiness probe of Go OpenELB
+        table = _gobgp(node.netns, "neighbor")
+        rows = {line.split()[0]: line for line in table.splitlines()[1:] if line.strip()}
+        assert set(rows) == {"198.18.0.2", "2001:db8:0:1::2"}, table
+        assert all("Establ" in r and "50000" in r for r in rows.values()), table
+        detail = _gobgp(node.netns, "neighbor", "198.18.0.2")
+        assert "BGP state = ESTABLISHED" in detail and "4-octet-as:\tadvertised and received" in detail, detail
+        assert "ipv4-unicast:\tadvertised and received" in detail, detail
+        advertised = int(detail.split("Advertised:")[1].split()[0])
+        proto = node.name.replace("-", "_")
+        imported = int(bird.birdc("show", "protocols", "all", proto).split("Routes:")[1].split()[0])
+        assert advertised == imported > 0, (advertised, imported)
+        v4 = _rib_hops(_gobgp(node.netns, "global", "rib"))
+        assert v4.get(f"{ip}/32") == router.kernel_next_hops(lab_plan, ip), v4
+        v6 = _rib_hops(_gobgp(node.netns, "global", "rib", "-a", "ipv6"))
+        assert v6.get(f"{ip6}/128") == router.kernel_next_hops(lab_plan, ip6), v6
+        adj_out = _gobgp(node.netns, "neighbor", "198.18.0.2", "adj-out")
+        assert _rib_hops(adj_out).get(f"{ip}/32") == node_ips(lab_plan), adj_out  # ADD-PATH: every node's path
+        refused = in_netns(node.netns, "gobgp", "-p", "50051", "neighbor", "add", "198.18.0.9", "as", "65000")
+        assert refused.returncode != 0 and "BgpPeer" in refused.stdout + refused.stderr
 
 
 def test_bfd_up_and_status_written(

@@ -127,3 +127,12 @@ def test_speaker_modes_follow_openelbs_chart_keys(helm: str) -> None:
 
     assert "--enable-keepalived-vip=true" in args() and "--enable-layer2=true" in args()
     assert "--enable-keepalived-vip=false" in args("speaker.vip=false")
+    assert not any(a.startswith("--api-hosts") for a in args())  # ~30 MB: off unless asked for
+    served = args("speaker.apiHosts=127.0.0.1:50051")
+    assert "--api-hosts=127.0.0.1:50051" in served
+    # every variant is what the daemon accepts
+    from openelb import cli
+
+    for variant in (args(), served, args("speaker.layer2=false", "speaker.vip=false")):
+        opts, _notes = cli.speaker_options(cli.parser().parse_args(["speaker", "--node-name=n", *variant[1:]]))
+        assert opts.secret_name == "openelb-memberlist"

@@ -33,7 +33,7 @@ def test_go_openelbs_speaker_args(monkeypatch: pytest.MonkeyPatch) -> None:
     opts, notes = cli.speaker_options(args)
     assert (opts.enable_layer2, opts.enable_vip, opts.enable_bgp) == (False, False, True)
     assert opts.keys == (b"from-the-secret",) and opts.node == "node-1" and opts.secret_name is None
-    assert len(notes) == 1 and "--api-hosts=:50051" in notes[0]
+    assert notes == [] and opts.api_hosts == ":50051"  # served (read-only GoBGP API)
     seed = cli.speaker_options(parse("speaker", "--enable-layer2=true", "--bind-addr=198.51.100.7", "--bind-port=7947"))
     assert seed[0].enable_layer2 is True and (seed[0].bind_addr, seed[0].port) == ("198.51.100.7", 7947)
     monkeypatch.delenv("MEMBER_LIST_SECRET")

@@ -61,6 +61,8 @@ class SpeakerOptions:
     secret_name: str | None = None
     """The Secret to read the keys from (and poll for rotation) when `keys` is empty."""
     secret_poll: float = 10.0
+    api_hosts: str = ""
+    """GoBGP's read-only gRPC API (`--api-hosts`, e.g. `:50051`); empty: not served."""
     namespace: str = names.DEFAULT_NAMESPACE
     port: int = 7946
     bind_addr: str = "0.0.0.0"  # noqa: S104 - the node's heartbeat port
@@ -466,10 +468,13 @@ class Speaker:
             self.bgp.node_changed()
             tasks.append(asyncio.create_task(self.bgp.run()))
         self._apply()
+        api_server = await self._serve_gobgp_api() if self.opts.api_hosts else None
         log.info("speaker on %s ready (heartbeat port %d)", self.opts.node, self.opts.port)
         try:
             await stop.wait()
         finally:
+            if api_server is not None:
+                await api_server.stop(0.5)
             self.ready = False  # no decision or reconfiguration may run while closing
             for t in tasks:
                 t.cancel()
@@ -493,6 +498,16 @@ class Speaker:
                 async with asyncio.timeout(1):
                     await self.recorder.flush()
             await self.client.close()
+
+    async def _serve_gobgp_api(self) -> Any:
+        """Started once the speaker is ready, so Go OpenELB's readiness probe (`gobgp -p 50051
+        global`) passes exactly then. Imported here: grpc costs ~30 MB of RSS."""
+        from openelb.speaker.bgp import gobgp_api  # noqa: PLC0415 - only when asked for (RSS)
+
+        try:
+            return await gobgp_api.serve(self.opts.api_hosts, lambda: gobgp_api.view_of(self.bgp))
+        except OSError as exc:
+            raise CannotListen("GoBGP API, --api-hosts", self.opts.api_hosts, exc) from exc
 
 
 def main(opts: SpeakerOptions) -> None:

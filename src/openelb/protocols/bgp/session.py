@@ -136,6 +136,8 @@ class Session:
         self._paths: dict[str, tuple[int, Attributes]] = {}
         self.established_at: float | None = None
         self.closed: Closed | None = None
+        self.peer_caps: c.Capabilities | None = None
+        """What the peer's OPEN offered (shown by the GoBGP API's `neighbor <addr>`)."""
 
     # ---- inputs ---------------------------------------------------------------------------
 
@@ -293,7 +295,7 @@ class Session:
         keepalive = float(cfg.keepalive) if cfg.keepalive and cfg.keepalive > 0 else hold / 3
         # at most a third of the hold time, at least 1 s (RFC 4271 §10): never a busy loop
         keepalive = max(1.0, min(keepalive, hold / 3)) if hold else 0.0
-        caps = msg.caps
+        caps = self.peer_caps = msg.caps
         peer_families = caps.families or frozenset({c.IPV4_UNICAST})  # no MP capability: IPv4 only (RFC 4760)
         families = cfg.families & peer_families
         add_path = frozenset(f for f in cfg.add_path_send & families if caps.add_path_mode(f) & c.ADD_PATH_RECEIVE)

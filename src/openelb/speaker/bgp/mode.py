@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -61,7 +62,14 @@ class BgpMode:
         self.global_cfg: cfgmod.GlobalConfig | None = None
         self.active: dict[str, cfgmod.PeerConfig] = {}
         self._routes: dict[Prefix, tuple[str, ...]] = {}
+        self.route_since: dict[Prefix, float] = {}
+        """When each prefix was first announced (wall clock: the GoBGP API's path age)."""
         self._closed = False
+
+    @property
+    def routes(self) -> Mapping[Prefix, tuple[str, ...]]:
+        """What this node announces: prefix → next hops (read by the GoBGP API)."""
+        return self._routes
 
     @property
     def informers(self) -> list[Informer[Any]]:
@@ -78,11 +86,14 @@ class BgpMode:
         """IP → its next hops now (None: withdrawn). Kept here too: the backend is created on the
         first reconfiguration, which may come after the speaker's first decision."""
         delta = {parse_prefix(ip): hops for ip, hops in changes.items()}
+        now = time.time()
         for prefix, hops in delta.items():
             if hops is None:
                 self._routes.pop(prefix, None)
+                self.route_since.pop(prefix, None)
             else:
                 self._routes[prefix] = hops
+                self.route_since.setdefault(prefix, now)
         if self.backend is not None:
             self.backend.update_routes(delta)
 
