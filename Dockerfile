@@ -1,7 +1,9 @@
 # OpenELB (Python): one image for `openelb controller` and `openelb speaker`.
 #   docker build -t docker.io/openelb/openelb-python:0.1.0 .
 # The chart runs the controller as UID 65532 without capabilities, and the speaker (hostNetwork)
-# as root with only NET_ADMIN, NET_RAW and NET_BIND_SERVICE.
+# as root with only NET_ADMIN, NET_RAW, NET_BIND_SERVICE and SYS_NICE. The image's default user is
+# root, as Go OpenELB's images: its manifest sets no runAsUser, and a non-root default would leave
+# its speaker without the capabilities it adds (and its controller unable to bind port 443).
 
 FROM python:3.11-slim AS build
 ENV UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy UV_PYTHON_DOWNLOADS=never
@@ -23,6 +25,5 @@ RUN apt-get update \
  && useradd --uid 65532 --user-group --no-create-home --shell /usr/sbin/nologin openelb
 COPY --from=build /app/.venv /app/.venv
 ENV PATH=/app/.venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
-USER 65532:65532
 ENTRYPOINT ["openelb"]
 CMD ["--help"]

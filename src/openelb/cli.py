@@ -54,7 +54,11 @@ def _openelb_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     c.add_argument("--metrics-addr", default="0.0.0.0:50052")
     c.add_argument("--webhook-addr", default="0.0.0.0:9443", help="empty to disable the webhook")
     c.add_argument("--webhook-port", type=int, help="Go OpenELB's: the webhook on all addresses at this port")
-    c.add_argument("--webhook-cert-dir", help="Go OpenELB's; accepted (the certificate is in --webhook-secret)")
+    c.add_argument(
+        "--webhook-cert-dir",
+        help="a certificate mounted here (tls.crt, tls.key) is served as is (default: controller-runtime's "
+        "/tmp/k8s-webhook-server/serving-certs, as Go OpenELB); else one is made in --webhook-secret",
+    )
     c.add_argument("--readiness-addr", help="Go OpenELB's (unused there too); accepted")
     goflags.add_klog(c)
     c.add_argument("--webhook-ip", action="append", default=[], help="extra IP SAN for the webhook certificate")
@@ -127,11 +131,6 @@ def controller_options(args: argparse.Namespace) -> tuple[Any, list[str]]:
     webhook_addr = args.webhook_addr
     if args.webhook_port is not None:
         webhook_addr = f"0.0.0.0:{args.webhook_port}"
-    if args.webhook_cert_dir:
-        notes.append(
-            f"--webhook-cert-dir={args.webhook_cert_dir}: accepted; the certificate is kept in Secret "
-            f"{args.webhook_secret} (--webhook-secret) instead"
-        )
     if args.readiness_addr:
         notes.append(
             f"--readiness-addr={args.readiness_addr}: accepted (unused in Go OpenELB too); "
@@ -151,6 +150,8 @@ def controller_options(args: argparse.Namespace) -> tuple[Any, list[str]]:
         workers=args.workers,
         memberlist_secret=args.memberlist_secret,
     )
+    if args.webhook_cert_dir is not None:
+        opts.webhook_cert_dir = args.webhook_cert_dir
     if args.namespace:
         opts.namespace = args.namespace
     return opts, notes

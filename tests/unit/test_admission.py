@@ -65,6 +65,9 @@ def test_response_shape() -> None:
     )
     assert out["apiVersion"] == "admission.k8s.io/v1" and out["response"]["uid"] == "u1"
     assert out["response"]["allowed"] is False and out["response"]["status"]["code"] == 403
+    # Go OpenELB's configuration lists v1beta1 first: the apiserver then asks, and wants, v1beta1
+    beta = response({"apiVersion": "admission.k8s.io/v1beta1", "request": {"uid": "u2"}}, review_eip({}, []))
+    assert beta["apiVersion"] == "admission.k8s.io/v1beta1" and beta["response"]["uid"] == "u2"
 
 
 def test_vip_annotations_are_checked_and_pins_may_not_overlap() -> None:

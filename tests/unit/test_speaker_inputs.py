@@ -122,3 +122,35 @@ def test_a_slim_node_decides_as_the_full_one(
     assert inputs.node_info(slim) == inputs.node_info(full)
     assert (slim.status is None) == (full.status is None)
     assert slim.metadata and slim.metadata.uid == "n-1"
+
+
+def test_endpoints_read_like_endpointslices_for_gos_rbac() -> None:
+    """Go OpenELB's speaker ClusterRole grants `endpoints` only: the same Service gives the same
+    ready nodes whether read from its Endpoints or its EndpointSlice."""
+    from lightkube.models.core_v1 import EndpointAddress, EndpointSubset
+    from lightkube.models.discovery_v1 import Endpoint, EndpointConditions
+    from lightkube.models.meta_v1 import ObjectMeta
+    from lightkube.resources.core_v1 import Endpoints
+    from lightkube.resources.discovery_v1 import EndpointSlice
+
+    from openelb.speaker import inputs
+
+    ep = Endpoints(
+        metadata=ObjectMeta(name="web", namespace="ns"),
+        subsets=[
+            EndpointSubset(
+                addresses=[EndpointAddress(ip="198.51.100.1", nodeName="a")],
+                notReadyAddresses=[EndpointAddress(ip="198.51.100.2", nodeName="b")],
+            )
+        ],
+    )
+    sl = EndpointSlice(
+        addressType="IPv4",
+        metadata=ObjectMeta(name="web-x1", namespace="ns", labels={inputs.SERVICE_NAME_LABEL: "web"}),
+        endpoints=[
+            Endpoint(addresses=["198.51.100.1"], nodeName="a", conditions=EndpointConditions(ready=True)),
+            Endpoint(addresses=["198.51.100.2"], nodeName="b", conditions=EndpointConditions(ready=False)),
+        ],
+    )
+    assert inputs.slice_nodes(inputs.slice_from_endpoints(ep)) == inputs.slice_nodes(sl) == ("ns/web", frozenset({"a"}))
+    assert inputs.slice_nodes(inputs.slice_from_endpoints(inputs.slim_endpoints(ep))) == ("ns/web", frozenset({"a"}))

@@ -118,10 +118,14 @@ def review_bgppeer(request: Mapping[str, Any]) -> Verdict:
 
 
 def response(review: Mapping[str, Any], verdict: Verdict) -> dict[str, Any]:
-    """The AdmissionReview answer (admission.k8s.io/v1)."""
+    """The AdmissionReview answer, in the version asked (v1; v1beta1 where a configuration lists
+    it first, as Go OpenELB's does: the apiserver refuses an answer in another version)."""
     req = review.get("request")
+    version = (
+        "admission.k8s.io/v1beta1" if review.get("apiVersion") == "admission.k8s.io/v1beta1" else "admission.k8s.io/v1"
+    )
     uid = str(req.get("uid", "")) if isinstance(req, Mapping) else ""
     body: dict[str, Any] = {"uid": uid, "allowed": verdict.allowed}
     if not verdict.allowed:
         body["status"] = {"code": 403, "reason": "Forbidden", "message": verdict.message}
-    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": body}
+    return {"apiVersion": version, "kind": "AdmissionReview", "response": body}

@@ -16,7 +16,7 @@ from openelb.api import names
 from openelb.controller.ipam import IpamController
 from openelb.controller.metrics import Metrics
 from openelb.controller.servicepolicy import Policy
-from openelb.controller.webhook import CertManager, dns_names, serve
+from openelb.controller.webhook import CONTROLLER_RUNTIME_CERT_DIR, CertManager, FileCerts, dns_names, serve
 from openelb.kube import memberlist
 from openelb.kube.client import async_client
 from openelb.kube.events import EventRecorder
@@ -43,6 +43,8 @@ class ControllerOptions:
     webhook_secret: str = "openelb-admission"  # noqa: S105 - a Secret's name, not a password
     webhook_config: str = "openelb-admission"
     webhook_ips: tuple[str, ...] = ()
+    webhook_cert_dir: str = CONTROLLER_RUNTIME_CERT_DIR
+    """A certificate mounted here (tls.crt, tls.key) is used as is; else we make and keep one."""
     workers: int = 16
     memberlist_secret: str = names.MEMBERLIST_SECRET
     """The speakers' heartbeat key Secret, created with a random key if missing ("" = never)."""
@@ -77,14 +79,19 @@ async def run(opts: ControllerOptions) -> None:
     )
 
     if opts.webhook_addr:
-        certs = CertManager(
-            client,
-            opts.namespace,
-            opts.webhook_secret,
-            opts.webhook_config,
-            dns_names(opts.webhook_service, opts.namespace),
-            opts.webhook_ips,
-        )
+        certs: CertManager | FileCerts
+        if opts.webhook_cert_dir and FileCerts.present(opts.webhook_cert_dir):
+            log.info("webhook certificate from %s (made by someone else: not managed here)", opts.webhook_cert_dir)
+            certs = FileCerts(opts.webhook_cert_dir)
+        else:
+            certs = CertManager(
+                client,
+                opts.namespace,
+                opts.webhook_secret,
+                opts.webhook_config,
+                dns_names(opts.webhook_service, opts.namespace),
+                opts.webhook_ips,
+            )
         await certs.ensure()
         host, port = split_addr(opts.webhook_addr)
         runners.append(await serve(client, certs, host, port))

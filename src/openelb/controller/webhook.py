@@ -172,6 +172,47 @@ class CertManager:
                 log.exception("webhook certificate refresh failed")
 
 
+CONTROLLER_RUNTIME_CERT_DIR = "/tmp/k8s-webhook-server/serving-certs"
+"""Where controller-runtime (Go OpenELB) reads its webhook certificate; its manifest mounts the
+cert-gen Jobs' Secret there as tls.crt/tls.key."""
+
+
+class FileCerts:
+    """A certificate someone else manages, mounted as files (Go OpenELB's cert-gen Jobs made it
+    and patched the caBundle): served as is, reloaded when the files change. Nothing is written,
+    so this works under Go OpenELB's RBAC (no Secret or webhook-configuration rights)."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.dir = Path(directory)
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._seen: tuple[float, float] | None = None
+
+    @staticmethod
+    def present(directory: str | Path) -> bool:
+        d = Path(directory)
+        return (d / "tls.crt").is_file() and (d / "tls.key").is_file()
+
+    def _stamp(self) -> tuple[float, float]:
+        return ((self.dir / "tls.crt").stat().st_mtime, (self.dir / "tls.key").stat().st_mtime)
+
+    async def ensure(self) -> None:
+        stamp = self._stamp()
+        if stamp != self._seen:
+            self.ctx.load_cert_chain(self.dir / "tls.crt", self.dir / "tls.key")
+            if self._seen is not None:
+                log.info("webhook certificate in %s changed: reloaded", self.dir)
+            self._seen = stamp
+
+    async def keep_fresh(self, check_every: float = 10) -> None:
+        while True:
+            await asyncio.sleep(check_every)
+            try:
+                await self.ensure()
+            except (OSError, ssl.SSLError) as exc:  # a Secret update in flight: keep the old one
+                log.warning("webhook certificate in %s unreadable (%s): still serving the previous one", self.dir, exc)
+
+
 def make_app(client: AsyncClient) -> web.Application:
     async def answer(request: web.Request, review_fn: Callable[[Mapping[str, Any]], Awaitable[Any]]) -> web.Response:
         """Bad input gets a clear denial (400 for what is not JSON), never a 500 from our code."""
@@ -217,7 +258,7 @@ def make_app(client: AsyncClient) -> web.Application:
     return app
 
 
-async def serve(client: AsyncClient, certs: CertManager, host: str, port: int) -> web.AppRunner:
+async def serve(client: AsyncClient, certs: CertManager | FileCerts, host: str, port: int) -> web.AppRunner:
     runner = web.AppRunner(make_app(client), access_log=None)
     await runner.setup()
     await start_site(runner, "admission webhook, --webhook-addr", host, port, certs.ctx)

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from lightkube import AsyncClient
+from lightkube.config.kubeconfig import KubeConfig
+from lightkube.config.models import User
 from lightkube.core.exceptions import ApiError
 from lightkube.models.authentication_v1 import BoundObjectReference, TokenRequestSpec
 from lightkube.models.coordination_v1 import LeaseSpec
@@ -33,7 +35,7 @@ from lightkube.types import PatchType
 from openelb.kube.client import async_client
 from openelb.kube.informer import Informer
 from openelb.kube.workqueue import WorkQueue
-from openelb.lab import containers, podnet, processes
+from openelb.lab import certgen, containers, podnet, processes
 from openelb.lab.components import Paths
 from openelb.lab.plan import SERVICE_CIDR_V4, LabPlan, NodePlan
 
@@ -189,6 +191,9 @@ class NodeAgent:
         if pod.status and pod.status.phase in ("Succeeded", "Failed"):
             return
         openelb = [c for c in pod.spec.containers if containers.is_openelb_image(c.image)]
+        if not openelb and len(pod.spec.containers) == 1 and certgen.is_certgen(pod.spec.containers[0].image):
+            await self._certgen(pod)
+            return
         if box is None:
             box = await asyncio.to_thread(self._start, pod, not openelb)
             self.boxes[key] = box
@@ -270,6 +275,24 @@ class NodeAgent:
             pod_ip=box.ipv4,
             host_ip=str(self.node.lan_v4),
         )
+        ns = pod.metadata.namespace or "default"
+        token = await self._token(pod)
+        d = self.state / "pods" / (pod.metadata.uid or "") / c.name / "serviceaccount"
+        d.mkdir(parents=True, exist_ok=True)
+        for p in (d.parent.parent.parent, d.parent.parent, d.parent, d):
+            p.chmod(0o755)
+        (d / "token").write_text(token)
+        (d / "namespace").write_text(ns)
+        (d / "ca.crt").write_bytes((self.paths.pki / "ca.crt").read_bytes())
+        for f in d.iterdir():
+            f.chmod(0o644)
+        for i, m in enumerate(run.mounts):
+            await self._materialize(ns, m, d.parent / "volumes" / str(i))
+        return run
+
+    async def _token(self, pod: Pod) -> str:
+        """A token bound to the Pod for its service account (TokenRequest, as the kubelet projects)."""
+        assert self.client is not None and pod.metadata is not None and pod.spec is not None
         ns, sa = pod.metadata.namespace or "default", pod.spec.serviceAccountName or "default"
         request = ServiceAccount.Token(
             metadata=ObjectMeta(name=sa, namespace=ns),
@@ -283,16 +306,50 @@ class NodeAgent:
         )
         token = await self.client.create(request, name=sa, namespace=ns)
         assert token.status is not None
-        d = self.state / "pods" / (pod.metadata.uid or "") / c.name / "serviceaccount"
-        d.mkdir(parents=True, exist_ok=True)
-        for p in (d.parent.parent.parent, d.parent.parent, d.parent, d):
-            p.chmod(0o755)
-        (d / "token").write_text(token.status.token or "")
-        (d / "namespace").write_text(ns)
-        (d / "ca.crt").write_bytes((self.paths.pki / "ca.crt").read_bytes())
-        for f in d.iterdir():
-            f.chmod(0o644)
-        return run
+        return token.status.token or ""
+
+    async def _certgen(self, pod: Pod) -> None:
+        """Go OpenELB's cert-gen Jobs: done here under the Pod's own ServiceAccount, then Succeeded."""
+        assert self.client is not None and pod.metadata is not None and pod.spec is not None
+        (c,) = pod.spec.containers
+        env = {e.name: (pod.metadata.namespace or "") for e in c.env or [] if e.valueFrom and e.valueFrom.fieldRef
+               and e.valueFrom.fieldRef.fieldPath == "metadata.namespace"}  # fmt: skip
+        args = [certgen.expand(a, env) for a in c.args or []]
+        admin = KubeConfig.from_file(self.paths.kubeconfig("admin")).get()
+        assert admin is not None
+        cfg = KubeConfig.from_one(cluster=admin.cluster, user=User(token=await self._token(pod)))
+        as_pod = AsyncClient(cfg, field_manager="kube-webhook-certgen", trust_env=False)
+        try:
+            done = await certgen.run(as_pod, args)
+            code, message = 0, done
+        except (ApiError, ValueError) as exc:
+            code, message = 1, str(exc)
+        finally:
+            await as_pod.close()
+        log.info("certgen pod %s/%s: %s", pod.metadata.namespace, pod.metadata.name, message)
+        state = {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "message": message}}
+        body = {"status": {"phase": "Succeeded" if code == 0 else "Failed", "containerStatuses": [
+            {"name": c.name, "image": c.image or "", "imageID": "", "ready": False, "restartCount": 0, "state": state}
+        ]}}  # fmt: skip
+        await self.client.patch(Pod.Status, pod.metadata.name or "", body, namespace=pod.metadata.namespace,
+                                patch_type=PatchType.MERGE)  # fmt: skip
+
+    async def _materialize(self, namespace: str, m: containers.SecretMount, target: Path) -> None:
+        """A secret volume's files, as the kubelet writes them (a missing Secret or key: the Pod
+        waits, as FailedMount does)."""
+        assert self.client is not None
+        try:
+            sec = await self.client.get(Secret, m.secret, namespace=namespace)
+        except ApiError as exc:
+            if exc.status.code == 404:
+                raise containers.ContainerError(f"secret volume: Secret {namespace}/{m.secret} not found") from None
+            raise
+        data = {k: base64.b64decode(v) for k, v in (sec.data or {}).items()}
+        files = m.items or tuple((k, k) for k in data)
+        for key, _name in files:
+            if key not in data:
+                raise containers.ContainerError(f"secret volume: Secret {namespace}/{m.secret} has no key {key}")
+        await asyncio.to_thread(_write_files, target, {name: data[key] for key, name in files})
 
     def _daemon(self, uid: str, container: str) -> str:
         return f"pod-{uid}-{container}"
@@ -315,7 +372,8 @@ class NodeAgent:
 
     def _exec(self, box: podnet.Sandbox, run: containers.ContainerRun) -> None:
         sa = self.state / "pods" / box.uid / run.name / "serviceaccount"
-        argv = containers.wrap(run, box.netns or self.node.netns, str(sa))
+        volumes = tuple((str(sa.parent / "volumes" / str(i)), m.path) for i, m in enumerate(run.mounts))
+        argv = containers.wrap(run, box.netns or self.node.netns, str(sa), volumes)
         processes.start(
             self.state, self._daemon(box.uid, run.name), argv, env=run.env, inherit_env=False, program=run.argv[0]
         )
@@ -356,7 +414,10 @@ class NodeAgent:
                 self._exec(box, run)
                 now_ready[run.name] = False
                 continue
-            now_ready[run.name] = run.readiness is None or _http_ok(box, self.node.netns, run.readiness)
+            probe = run.readiness
+            now_ready[run.name] = probe is None or (
+                _exec_ok(box.netns or self.node.netns, probe) if probe.exec else _http_ok(box, self.node.netns, probe)
+            )
         self.ready[key] = now_ready
         return now_ready != before
 
@@ -422,6 +483,26 @@ class NodeAgent:
                     spec=LeaseSpec(holderIdentity=self.node.name, leaseDurationSeconds=LEASE_SECONDS, renewTime=renew),
                 )
             )
+
+
+def _write_files(target: Path, files: dict[str, bytes]) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        (target / name).write_bytes(content)
+        (target / name).chmod(0o644)
+
+
+def _exec_ok(netns_name: str, probe: containers.Probe) -> bool:
+    """An exec probe: the command in the container's network namespace (Go OpenELB's speaker:
+    `sh -c "gobgp -p 50051 global"`), exit status 0 within its timeout."""
+    try:
+        out = subprocess.run(
+            ["ip", "netns", "exec", netns_name, *probe.exec],
+            capture_output=True, timeout=max(probe.timeout, 1.0) + 1.0, check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return False
+    return out.returncode == 0
 
 
 def _http_ok(box: podnet.Sandbox, node_netns: str, probe: containers.Probe) -> bool:

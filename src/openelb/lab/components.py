@@ -18,8 +18,10 @@ KCM_CONTROLLERS = (
     "root-ca-certificate-publisher-controller",
     "garbage-collector-controller",
     "namespace-controller",
+    "job-controller",
 )
-"""No node-lifecycle controller: it would taint and evict the emulated nodes, whose kubelet is ours."""
+"""No node-lifecycle controller: it would taint and evict the emulated nodes, whose kubelet is ours.
+The job controller: Go OpenELB's manifest makes its webhook certificate with Jobs (`lab/certgen.py`)."""
 
 
 @dataclass(frozen=True)

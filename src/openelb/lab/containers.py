@@ -11,6 +11,7 @@ the lab as it would in a cluster. Building the command line is pure; the agent r
 
 from __future__ import annotations
 
+import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from lightkube.resources.core_v1 import Pod
 IMAGE_REPOSITORY = "openelb/openelb-python"
 """The chart's image; any registry and tag."""
 ENTRYPOINT = ("openelb",)
+GO_COMMANDS = {"openelb-controller": "controller", "openelb-speaker": "speaker"}
+"""Go OpenELB's executables (its manifest's `command:`), also in our image."""
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 Lookup = Callable[[str, str, str, str], str | None]
@@ -41,8 +44,21 @@ def is_openelb_image(image: str | None) -> bool:
 
 @dataclass(frozen=True)
 class Probe:
-    port: int
+    port: int = 0
+    path: str = "/"
+    exec: tuple[str, ...] = ()
+    """An exec probe's command (run in the container's network namespace) instead of httpGet."""
+    timeout: float = 1.0
+
+
+@dataclass(frozen=True)
+class SecretMount:
+    """A `secret` volume mounted into the container: files from the Secret's keys."""
+
     path: str
+    secret: str
+    items: tuple[tuple[str, str], ...]
+    """(key, file name); empty: every key under its own name."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +71,7 @@ class ContainerRun:
     caps: tuple[str, ...] | None = None
     """None: a root container's default set; else exactly these (lower case, no CAP_ prefix)."""
     readiness: Probe | None = None
+    mounts: tuple[SecretMount, ...] = ()
 
 
 def _field(pod: Pod, path: str, pod_ip: str, host_ip: str) -> str:
@@ -76,6 +93,8 @@ def _field(pod: Pod, path: str, pod_ip: str, host_ip: str) -> str:
 
 def _probe(c: Container, kind: str, ports: dict[str, int]) -> Probe | None:
     probe = getattr(c, kind)
+    if probe is not None and probe.exec is not None and probe.exec.command:
+        return Probe(exec=tuple(probe.exec.command), timeout=float(probe.timeoutSeconds or 1))
     if probe is None or probe.httpGet is None:
         return None
     port = probe.httpGet.port
@@ -90,6 +109,8 @@ def plan(pod: Pod, c: Container, lookup: Lookup, api: tuple[str, int], *, pod_ip
     md, spec = pod.metadata, pod.spec
     assert md is not None and spec is not None
     argv = list(c.command or ENTRYPOINT) + list(c.args or [])
+    if argv[0] in GO_COMMANDS:
+        argv = [*ENTRYPOINT, GO_COMMANDS[argv[0]], *argv[1:]]
     if argv[:1] == list(ENTRYPOINT):
         argv = [sys.executable, "-m", "openelb", *argv[1:]]
     env = {
@@ -132,6 +153,18 @@ def plan(pod: Pod, c: Container, lookup: Lookup, api: tuple[str, int], *, pod_ip
         if "ALL" in drop or add:
             caps = add
     _probe(c, "livenessProbe", ports)  # not run by the lab, but a wrong port name fails here too
+    volumes = {v.name: v for v in spec.volumes or []}
+    mounts = []
+    for vm in c.volumeMounts or []:
+        vol = volumes.get(vm.name)
+        if vm.mountPath.rstrip("/") == SA_DIR and vol is not None and vol.projected is not None:
+            continue  # the service-account token the apiserver adds: projected by the agent (below)
+        if vol is None:
+            raise ContainerError(f"container {c.name}: volumeMount {vm.name} names no volume of the Pod")
+        if vol.secret is None:
+            raise ContainerError(f"container {c.name}: volume {vm.name}: only secret volumes run in the lab")
+        items = tuple((i.key, i.path) for i in vol.secret.items or [])
+        mounts.append(SecretMount(vm.mountPath, vol.secret.secretName or "", items))
     return ContainerRun(
         name=c.name,
         argv=argv,
@@ -140,12 +173,14 @@ def plan(pod: Pod, c: Container, lookup: Lookup, api: tuple[str, int], *, pod_ip
         group=group,
         caps=caps,
         readiness=_probe(c, "readinessProbe", ports),
+        mounts=tuple(mounts),
     )
 
 
-def wrap(run: ContainerRun, netns_name: str, sa_dir: str) -> list[str]:
-    """The host command line: a private mount namespace with the token at the standard path,
-    the network namespace, then the identity and capabilities."""
+def wrap(run: ContainerRun, netns_name: str, sa_dir: str, volumes: tuple[tuple[str, str], ...] = ()) -> list[str]:
+    """The host command line: a private mount namespace with the token at the standard path (and
+    each secret volume, materialized in a host directory, bind-mounted at its mountPath), the
+    network namespace, then the identity and capabilities."""
     inner = ["ip", "netns", "exec", netns_name]
     priv = ["setpriv", "--no-new-privs"]
     if run.user:
@@ -156,5 +191,7 @@ def wrap(run: ContainerRun, netns_name: str, sa_dir: str) -> list[str]:
         if run.user and run.caps:
             priv += [f"--ambient-caps={keep}"]
     inner += [*priv, "--", *run.argv]
-    script = f'mount --bind "$0" {SA_DIR} && exec "$@"'
+    binds = "".join(f" && mkdir -p {shlex.quote(dst)} && mount --bind {shlex.quote(src)} {shlex.quote(dst)}"
+                    for src, dst in volumes)  # fmt: skip
+    script = f'mount --bind "$0" {SA_DIR}{binds} && exec "$@"'
     return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, sa_dir, *inner]

@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from lightkube.models.core_v1 import (
+    EndpointAddress,
+    EndpointSubset,
     LoadBalancerIngress,
     LoadBalancerStatus,
     NodeAddress,
@@ -25,7 +27,7 @@ from lightkube.models.core_v1 import (
 )
 from lightkube.models.discovery_v1 import Endpoint
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Node, Service
+from lightkube.resources.core_v1 import Endpoints, Node, Service
 from lightkube.resources.discovery_v1 import EndpointSlice
 
 from openelb.api import names
@@ -158,6 +160,26 @@ def slim_slice(sl: EndpointSlice) -> EndpointSlice:
         endpoints=[Endpoint(addresses=[], nodeName=n) for n in sorted(nodes)],
         metadata=_meta(md, labels=labels),
     )
+
+
+def slice_from_endpoints(ep: Endpoints) -> EndpointSlice:
+    """A core/v1 Endpoints object as the slice the index reads: for clusters whose RBAC grants
+    `endpoints` but not `endpointslices` (Go OpenELB's own ClusterRole). Same nodes, same rules:
+    `addresses` are the ready ones, `notReadyAddresses` are not counted."""
+    md = ep.metadata
+    nodes = sorted({a.nodeName for sub in ep.subsets or [] for a in sub.addresses or [] if a.nodeName})
+    return EndpointSlice(
+        addressType="IPv4",
+        endpoints=[Endpoint(addresses=[], nodeName=n) for n in nodes],
+        metadata=_meta(md, labels={SERVICE_NAME_LABEL: md.name} if md and md.name else None),
+    )
+
+
+def slim_endpoints(ep: Endpoints) -> Endpoints:
+    """What the speaker keeps of an Endpoints object: the nodes of its ready addresses."""
+    sl = slice_from_endpoints(ep)
+    ready = [EndpointAddress(ip="", nodeName=e.nodeName) for e in sl.endpoints or []]
+    return Endpoints(metadata=_meta(ep.metadata), subsets=[EndpointSubset(addresses=ready)] if ready else None)
 
 
 def slim_node(node: Node) -> Node:

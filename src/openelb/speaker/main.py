@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 from lightkube.core.exceptions import ApiError
-from lightkube.resources.core_v1 import ConfigMap, Node, Service
+from lightkube.resources.core_v1 import ConfigMap, Endpoints, Node, Service
 from lightkube.resources.discovery_v1 import EndpointSlice
 from prometheus_client import CollectorRegistry
 
@@ -91,7 +91,7 @@ class Speaker:
         self.services: Informer[Service] = Informer(
             self.client, Service, self._service_changed, transform=inputs.slim_service
         )
-        self.slices: Informer[EndpointSlice] = Informer(
+        self.slices: Informer[Any] = Informer(  # EndpointSlices, or Endpoints (`_endpoints_source`)
             self.client, EndpointSlice, self._slice_changed, transform=inputs.slim_slice
         )
         self.nodes: Informer[Node] = Informer(self.client, Node, self._node_changed, transform=inputs.slim_node)
@@ -153,7 +153,10 @@ class Speaker:
         self._schedule()
 
     def _slice_changed(self, key: str) -> None:
-        svc_key = self.endpoints.update(key, self.slices.store.get(key))
+        obj = self.slices.store.get(key)
+        if isinstance(obj, Endpoints):
+            obj = inputs.slice_from_endpoints(obj)
+        svc_key = self.endpoints.update(key, obj)
         if svc_key is not None and svc_key in self.plan.services:
             self._service_changed(svc_key)
 
@@ -429,6 +432,7 @@ class Speaker:
                 "speaker heartbeats, --bind-port", f"UDP {self.opts.bind_addr}:{self.opts.port}", exc
             ) from exc
         runner = await serve_metrics(self.registry, self.opts.metrics_addr) if self.opts.metrics_addr else None
+        await self._endpoints_source()
         informers: list[Informer[Any]] = [self.services, self.slices, self.nodes, self.eips]
         if self.bgp is not None:
             informers += self.bgp.informers
@@ -498,6 +502,21 @@ class Speaker:
                 async with asyncio.timeout(1):
                     await self.recorder.flush()
             await self.client.close()
+
+    async def _endpoints_source(self) -> None:
+        """EndpointSlices, or core/v1 Endpoints where RBAC grants only those (Go OpenELB's
+        ClusterRole for its speaker): one log line, the same decisions."""
+        try:
+            async for _ in self.client.list(EndpointSlice, namespace="*", chunk_size=1):
+                break
+        except ApiError as exc:
+            if exc.status.code != 403:
+                raise
+            log.warning(
+                "no RBAC to list endpointslices (Go OpenELB's ClusterRole grants endpoints): reading Endpoints "
+                "instead, with the same rules; grant endpointslices list/watch to use them"
+            )
+            self.slices = Informer(self.client, Endpoints, self._slice_changed, transform=inputs.slim_endpoints)
 
     async def _serve_gobgp_api(self) -> Any:
         """Started once the speaker is ready, so Go OpenELB's readiness probe (`gobgp -p 50051
