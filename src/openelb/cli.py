@@ -67,6 +67,10 @@ def _openelb_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     c.add_argument("--webhook-config", default="openelb-admission", help="ValidatingWebhookConfiguration to patch")
     c.add_argument("--workers", type=int, default=16, help="concurrent reconciles (API round trips overlap)")
     c.add_argument(
+        "--node-proxy-image", default=None,
+        help="image of NodeProxy's proxy Pods (default: env OPENELB_IMAGE, else docker.io/openelb/openelb-python)",
+    )  # fmt: skip
+    c.add_argument(
         "--memberlist-secret", default=names.MEMBERLIST_SECRET,
         help="Secret with the speakers' heartbeat key, created with a random key if missing ('' = never)",
     )  # fmt: skip
@@ -75,6 +79,7 @@ def _openelb_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     st.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
     st.add_argument("--kubeconfig")
     st.add_argument("--lb-class", default=names.DEFAULT_LB_CLASS)
+    sub.add_parser("forward", help="NodeProxy's proxy: relay this node's ports to a Service (`forward --help`)")
     sp = sub.add_parser("speaker", help="announce owned IPs from this node (Layer2: ARP/NDP; BGP)")
     sp.add_argument("--node-name", default=os.environ.get("NODE_NAME"), help="this node (env NODE_NAME)")
     sp.add_argument("--kubeconfig")
@@ -152,6 +157,9 @@ def controller_options(args: argparse.Namespace) -> tuple[Any, list[str]]:
     )
     if args.webhook_cert_dir is not None:
         opts.webhook_cert_dir = args.webhook_cert_dir
+    image = args.node_proxy_image or os.environ.get("OPENELB_IMAGE")
+    if image:
+        opts.node_proxy_image = image
     if args.namespace:
         opts.namespace = args.namespace
     return opts, notes
@@ -256,6 +264,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["forward"]:  # its own flags, parsed by its own module (no Kubernetes imports)
+        from openelb.nodeproxy import forward
+
+        sys.exit(forward.main(argv[1:]))
     args = parser().parse_args(argv)
     try:
         if args.command == "lab":
@@ -264,6 +277,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             sys.exit(_run_controller(args))
         if args.command == "speaker":
             sys.exit(_run_speaker(args))
+
         if args.command == "status":
             from openelb import status as status_view
             from openelb.controller.servicepolicy import Policy

@@ -8,6 +8,7 @@ removes everything it installed, so later modules start from the state they expe
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import copy
 import subprocess
@@ -104,6 +105,16 @@ def go_openelb_state(kube: Client, namespace: str) -> None:
     }
     workloads.ensure_namespace(kube, NS)
     workloads.apply(kube, go_vwc, field_manager="go-openelb")
+    # ... and the Secret its cert-gen Jobs made, same name as ours, another layout (keys `ca`, `cert`,
+    # `key`): our controller must replace it, not crash on the conflict
+    junk = base64.b64encode(b"-----BEGIN CERTIFICATE-----\n").decode()
+    go_secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "openelb-admission", "namespace": NS},
+        "data": {"ca": junk, "cert": junk, "key": junk},
+    }
+    workloads.apply(kube, go_secret, field_manager="go-openelb")
 
 
 def uninstall(kube: Client) -> None:

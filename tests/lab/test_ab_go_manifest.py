@@ -65,6 +65,9 @@ def _logs(component: str) -> str:
 @pytest.fixture(scope="module")
 def go_installed(kube: Client, lab_plan: LabPlan) -> Iterator[str]:
     text = go_manifest_with_our_images()
+    # A cluster that never ran ours: the install module's controller left its own webhook Secret, which
+    # Go's cert-gen `create` would keep as it is (it only creates a missing one).
+    kubectl("delete", "secret", "-n", NS, "openelb-admission", "--ignore-not-found")
     try:
         kubectl("apply", "-f", "-", stdin=text)
         workloads.poll("Go's cert-gen Jobs completed", lambda: _jobs_done(kube), 90)

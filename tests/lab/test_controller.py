@@ -249,6 +249,13 @@ def test_bgp_objects_basic_validation(kube: Client) -> None:
     with pytest.raises(ApiError) as err:
         kube.create(BgpPeer({"metadata": {"name": "p"}, "spec": {"conf": {"peerAs": 65000, "neighborAddress": "x"}}}))
     assert "neighborAddress 'x' is not an IP address" in err.value.status.message  # type: ignore[operator]
+    # ranges in the CRD schema itself: refused by the apiserver with its own message (issue 14 #5)
+    spec = {"conf": {"peerAs": 65000, "neighborAddress": "198.51.100.2"}, "transport": {"remotePort": 70000},
+            "bfd": {"enabled": True, "multiplier": 256}}  # fmt: skip
+    with pytest.raises(ApiError) as err:
+        kube.create(BgpPeer({"metadata": {"name": "p"}, "spec": spec}), dry_run=True)
+    message = err.value.status.message or ""
+    assert "remotePort" in message and "65535" in message and "multiplier" in message, message
 
 
 def test_metrics_report_pools_allocations_and_latency(

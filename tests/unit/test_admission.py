@@ -160,3 +160,21 @@ def test_the_webhook_never_answers_500_for_bad_input() -> None:
 
     codes = asyncio.run(scenario())
     assert 500 not in codes and set(codes) <= {200, 400}, codes
+
+
+def test_huge_strings_cost_little_and_are_not_echoed() -> None:
+    """Issue 14 #7: a 1,000,000-character address cost 5 s of CPU and came back in a 45 MiB answer."""
+    import json
+    import time
+
+    big = "1" * 1_000_000
+    for spec in ({"address": big}, {"address": "198.51.100.0/28", "protocol": "layer2", "interface": big},
+                 {"address": "198.51.100.0/28", "namespaces": [big]}):  # fmt: skip
+        t0 = time.process_time()
+        verdict = review_eip({"operation": "CREATE", "object": {"metadata": {"name": "x"}, "spec": spec}}, [])
+        spent = time.process_time() - t0
+        answer = json.dumps(response({"request": {"uid": "u"}}, verdict))
+        assert not verdict.allowed and len(answer) < 1000 and spent < 0.5, (len(answer), spent)
+    peer = {"conf": {"peerAs": big, "neighborAddress": big, "authPassword": big}}
+    verdict = review_bgppeer({"operation": "CREATE", "object": {"spec": peer}})
+    assert not verdict.allowed and len(verdict.message) < 1000

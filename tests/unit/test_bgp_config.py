@@ -74,17 +74,68 @@ def test_bgppeer_fields() -> None:
         ({"conf": {"peerAs": 1, "neighborAddress": "198.18.0.2"}, "timers": {"config": {"holdTime": "2"}}}, "holdTime"),
         (
             {"conf": {"peerAs": 1, "neighborAddress": "198.18.0.2"}, "timers": {"config": {"holdTime": "x"}}},
-            "not a number",
+            "whole number of seconds",
         ),
         (
             {"conf": {"peerAs": 1, "neighborAddress": "198.18.0.2"}, "timers": {"config": {"keepaliveInterval": "-1"}}},
-            "keepaliveInterval: -1",
+            "keepaliveInterval: '-1'",
         ),
     ],
 )
 def test_bad_bgppeer_is_a_clear_error(spec: dict, match: str) -> None:
     with pytest.raises(cfg.ConfigError, match=match):
         cfg.peer_config("p", spec)
+
+
+PEER = {"conf": {"peerAs": 65000, "neighborAddress": "198.18.0.2"}}
+FOUND = [  # issue 14 #5: accepted by schema, webhook and speaker, then crashed an encoder or a timer
+    ({**PEER, "bfd": {"enabled": True, "multiplier": 256}}, "bfd.multiplier"),
+    ({**PEER, "bfd": {"enabled": True, "minTx": 5000000}}, "bfd.minTx"),
+    ({**PEER, "bfd": {"enabled": True, "minRx": -1}}, "bfd.minRx"),
+    ({"conf": {**PEER["conf"], "localAs": -1}}, "conf.localAs"),
+    ({"conf": {**PEER["conf"], "localAs": 2**32}}, "conf.localAs"),
+    ({**PEER, "transport": {"remotePort": 70000}}, "remotePort"),
+    ({**PEER, "ebgpMultihop": {"enabled": True, "multihopTtl": 300}}, "multihopTtl"),
+    ({"conf": {"peerAs": 65000, "neighborAddress": "255.255.255.255"}}, "not a unicast"),
+    ({"conf": {"peerAs": 65000, "neighborAddress": "ff02::1"}}, "not a unicast"),
+    ({"conf": {"peerAs": 65000, "neighborAddress": "0.0.0.0"}}, "not a unicast"),
+    ({"conf": {**PEER["conf"], "authPassword": "k" * 81}}, "authPassword"),
+]
+
+
+@pytest.mark.parametrize(("spec", "match"), FOUND)
+def test_out_of_range_peers_are_refused_by_webhook_and_speaker_alike(spec: dict, match: str) -> None:
+    from openelb.controller.admission import review_bgppeer
+
+    verdict = review_bgppeer({"operation": "CREATE", "object": {"spec": spec}})
+    assert not verdict.allowed and match in verdict.message, verdict.message
+    with pytest.raises(cfg.ConfigError, match=match.replace(".", r"\.")):
+        cfg.peer_config("p", spec)  # with the webhook off: that peer fails, with the same words
+
+
+def test_router_id_zero_and_bad_bgpconf_ranges() -> None:
+    from openelb.controller.admission import review_bgpconf
+
+    for spec, match in (
+        ({"as": 65000, "routerId": "0.0.0.0"}, "BGP identifier"),
+        ({"as": 65000, "listenPort": 70000}, "listenPort"),
+        ({"as": 65000, "gracefulRestart": {"enabled": True, "restartTime": 5000}}, "restartTime"),
+        ({"as": 65000, "asPerRack": {"r1": 0}}, "asPerRack"),
+    ):
+        verdict = review_bgpconf({"operation": "CREATE", "object": {"spec": spec}})
+        assert not verdict.allowed and match in verdict.message, (spec, verdict.message)
+        with pytest.raises(cfg.ConfigError, match=match):
+            cfg.global_config(spec, "198.18.0.11", {})
+
+
+def test_crd_schema_carries_the_same_ranges() -> None:
+    from openelb.api import bgp, crds
+
+    peer = crds.BGPPEER_SPEC["properties"]
+    assert peer["bfd"]["properties"]["multiplier"]["maximum"] == bgp.BGPPEER_INTS["bfd.multiplier"][1] == 255
+    assert peer["transport"]["properties"]["remotePort"]["maximum"] == 65535
+    assert peer["conf"]["properties"]["localAs"]["minimum"] == 0
+    assert crds.BGPCONF_SPEC["properties"]["listenPort"]["minimum"] == -1
 
 
 def test_node_selector() -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from openelb.api import bgp
 from openelb.api.names import GROUP, LEGACY_VERSION, VERSION
 
 Schema = dict[str, Any]
@@ -21,6 +22,18 @@ INT: Schema = {"type": "integer", "format": "int64"}
 INT32: Schema = {"type": "integer", "format": "int32"}
 STR_LIST: Schema = {"type": "array", "items": STR}
 STR_MAP: Schema = {"type": "object", "additionalProperties": STR}
+
+
+def ranged(limits: tuple[int, int]) -> Schema:
+    return {"type": "integer", "format": "int64", "minimum": limits[0], "maximum": limits[1]}
+
+
+SECONDS: Schema = {"type": "string", "pattern": r"^[0-9]{0,5}$", "maxLength": 5}
+"""GoBGP's timers: strings in OpenELB's CRD; whole seconds here (each one's range: `api.bgp`)."""
+
+
+NAME: Schema = {"type": "string", "maxLength": bgp.MAX_NAME}
+ADDRESS: Schema = {"type": "string", "maxLength": 45}
 
 
 def obj(properties: dict[str, Schema], *, required: list[str] | None = None, **extra: Any) -> Schema:
@@ -51,7 +64,7 @@ LABEL_SELECTOR["x-kubernetes-map-type"] = "atomic"
 GRACEFUL_RESTART = obj(
     {
         "enabled": BOOL,
-        "restartTime": INT,
+        "restartTime": ranged(bgp.BGPCONF_INTS["gracefulRestart.restartTime"]),
         "helperOnly": BOOL,
         "deferralTime": INT,
         "notificationEnabled": BOOL,
@@ -68,13 +81,22 @@ GRACEFUL_RESTART = obj(
 
 EIP_SPEC = obj(
     {
-        "address": {"type": "string", "minLength": 1, "description": "IP, CIDR or first-last range (v4 or v6)"},
+        "address": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 100,
+            "description": "IP, CIDR or first-last range (v4 or v6)",
+        },
         "protocol": {"type": "string", "enum": ["bgp", "layer2", "vip"]},
-        "interface": {"type": "string", "description": "NIC name or can_reach:<ip>; required for layer2 and vip"},
+        "interface": {
+            "type": "string",
+            "maxLength": 64,
+            "description": "NIC name or can_reach:<ip>; required for layer2 and vip",
+        },
         "disable": BOOL,
         "usingKnownIPs": BOOL,
         "priority": INT32,
-        "namespaces": STR_LIST,
+        "namespaces": {"type": "array", "items": {"type": "string", "maxLength": 63}, "maxItems": 1000},
         "namespaceSelector": STR_MAP,
     },
     required=["address"],
@@ -95,11 +117,11 @@ EIP_STATUS = obj(
 
 BGPCONF_SPEC = obj(
     {
-        "as": INT,
-        "asPerRack": {"type": "object", "additionalProperties": INT},
-        "routerId": STR,
-        "listenPort": INT32,
-        "listenAddresses": STR_LIST,
+        "as": ranged(bgp.BGPCONF_INTS["as"]),
+        "asPerRack": {"type": "object", "additionalProperties": ranged(bgp.BGPCONF_INTS["as"]), "maxProperties": 64},
+        "routerId": ADDRESS,
+        "listenPort": ranged(bgp.BGPCONF_INTS["listenPort"]),
+        "listenAddresses": {"type": "array", "items": ADDRESS, "maxItems": bgp.MAX_ADDRESSES},
         "families": {"type": "array", "items": INT},
         "useMultiplePaths": BOOL,
         "gracefulRestart": GRACEFUL_RESTART,
@@ -118,11 +140,11 @@ BGPPEER_SPEC = obj(
     {
         "conf": obj(
             {
-                "authPassword": STR,
-                "description": STR,
-                "localAs": INT,
-                "neighborAddress": STR,
-                "peerAs": INT,
+                "authPassword": {"type": "string", "maxLength": bgp.MAX_PASSWORD},
+                "description": NAME,
+                "localAs": ranged(bgp.BGPPEER_INTS["conf.localAs"]),
+                "neighborAddress": ADDRESS,
+                "peerAs": ranged(bgp.BGPPEER_INTS["conf.peerAs"]),
                 "peerGroup": STR,
                 "peerType": INT,
                 "removePrivateAs": STR,
@@ -135,36 +157,48 @@ BGPPEER_SPEC = obj(
                 "adminDown": BOOL,
             }
         ),
-        "ebgpMultihop": obj({"enabled": BOOL, "multihopTtl": INT}),
+        "ebgpMultihop": obj({"enabled": BOOL, "multihopTtl": ranged(bgp.BGPPEER_INTS["ebgpMultihop.multihopTtl"])}),
         "timers": obj(
             {
                 "config": obj(
                     {
-                        "connectRetry": STR,
-                        "holdTime": STR,
-                        "keepaliveInterval": STR,
+                        "connectRetry": SECONDS,
+                        "holdTime": SECONDS,
+                        "keepaliveInterval": SECONDS,
                         "minimumAdvertisementInterval": STR,
                     }
                 )
             }
         ),
         "transport": obj(
-            {"mtuDiscovery": BOOL, "passiveMode": BOOL, "remoteAddress": STR, "remotePort": INT, "tcpMss": INT}
+            {
+                "mtuDiscovery": BOOL,
+                "passiveMode": BOOL,
+                "remoteAddress": ADDRESS,
+                "remotePort": ranged(bgp.BGPPEER_INTS["transport.remotePort"]),
+                "tcpMss": INT,
+            }
         ),
         "gracefulRestart": GRACEFUL_RESTART,
         "afiSafis": {
             "type": "array",
+            "maxItems": 8,
             "items": obj(
                 {
                     "config": obj({"family": FAMILY, "enabled": BOOL}),
-                    "addPaths": obj({"config": obj({"receive": BOOL, "sendMax": INT})}),
+                    "addPaths": obj({"config": obj({"receive": BOOL, "sendMax": ranged((0, 255))})}),
                     "mpGracefulRestart": obj({"config": obj({"enabled": BOOL})}),
                 }
             ),
         },
         "nodeSelector": LABEL_SELECTOR,
         "bfd": obj(
-            {"enabled": BOOL, "minRx": INT, "minTx": INT, "multiplier": INT},
+            {
+                "enabled": BOOL,
+                "minRx": ranged(bgp.BGPPEER_INTS["bfd.minRx"]),
+                "minTx": ranged(bgp.BGPPEER_INTS["bfd.minTx"]),
+                "multiplier": ranged(bgp.BGPPEER_INTS["bfd.multiplier"]),
+            },
             description="OpenELB-Python extension: BFD (RFC 5880) for this peer; times in milliseconds",
         ),
     }

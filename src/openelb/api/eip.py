@@ -75,6 +75,11 @@ def is_default(annotations: Mapping[str, str]) -> bool:
     return annotations.get(names.ANNOTATION_DEFAULT_EIP) == "true"
 
 
+MAX_INTERFACE = 64
+"""IFNAMSIZ is 16; `can_reach:` and an IPv6 address is 55."""
+MAX_NAMESPACES = 1000
+
+
 def validate(eip: EipView, others: Iterable[EipView]) -> list[str]:
     """Problems that make the Eip unusable, with OpenELB's messages where it had one."""
     problems = []
@@ -91,6 +96,12 @@ def validate(eip: EipView, others: Iterable[EipView]) -> list[str]:
         problems.append(f"protocol must be one of {', '.join(PROTOCOLS)}, not {eip.protocol!r}")
     if eip.protocol in ("layer2", "vip") and not eip.interface:
         problems.append("if protocol is layer2 or vip, interface should not be empty")
+    if len(eip.interface) > MAX_INTERFACE:
+        problems.append(
+            f"interface: {len(eip.interface)} characters (a name or can_reach:<ip>, at most {MAX_INTERFACE})"
+        )
+    if len(eip.namespaces) > MAX_NAMESPACES or any(len(n) > 63 for n in eip.namespaces):
+        problems.append(f"namespaces: at most {MAX_NAMESPACES} names of at most 63 characters")
     if eip.protocol == "vip":
         for parse, text in ((parse_vrids, eip.vrid), (parse_advert_interval, eip.advert_interval)):
             try:

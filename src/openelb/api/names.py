@@ -29,6 +29,20 @@ ANNOTATION_VIP_VRID = "vip.openelb.kubesphere.io/vrid"
 ANNOTATION_VIP_ADVERT_INTERVAL = "vip.openelb.kubesphere.io/advert-interval"
 """New, on a `vip` Eip: the VRRP advertisement interval (`100ms`, `1s`, `0.5`; default 100ms)."""
 
+# NodeProxy mode (Go OpenELB's names, its typo included)
+ANNOTATION_NODE_PROXY_TYPE = "node-proxy.openelb.kubesphere.io/type"
+"""On a Service: `deployment` or `daemonset`. On a proxy workload: the Service's namespace (sic)."""
+NODE_PROXY_TYPES = ("deployment", "daemonset")
+ANNOTATION_NODE_PROXY_EXTERNAL_IP = "node-proxy.openelb.kubesphere.io/external-ip"
+ANNOTATION_NODE_PROXY_INTERNAL_IP = "node-proxy.openelb.kubesphere.io/internal-ip"
+ANNOTATION_NODE_PROXY_SERVICE = "node-proxy.openelb.kubesphere.io/service"
+"""New, on a proxy workload: `namespace/name` of its Service (the workload's name cannot be parsed)."""
+LABEL_NODE_PROXY_PREFERRED = "node-proxy.openelb.kubesphere.io/external-ip-preffered"
+LABEL_NODE_PROXY_EXCLUDE = "node-proxy.openelb.kubesphere.io/exclude-node"
+LABEL_NODE_PROXY = "node-proxy.openelb.kubesphere.io/proxy"
+"""New, on proxy workloads and their Pods: what the controller's informers select."""
+FINALIZER_NODE_PROXY = "node-proxy.openelb.kubesphere.io/finalizer"
+
 LABEL_POOL = ANNOTATION_POOL
 LABEL_RACK = "openelb.kubesphere.io/rack"
 LABEL_CNI = "openelb.kubesphere.io/cni"

@@ -4,11 +4,11 @@ checks it lacked: deleting or shrinking an Eip whose IPs are in use, and BGP bas
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from openelb.api import bgp
 from openelb.api.eip import EipView, validate
 from openelb.ipam.ranges import AddressError, parse_range
 
@@ -20,11 +20,6 @@ class Verdict:
 
 
 ALLOW = Verdict(True)
-
-
-def _asn(value: object) -> bool:
-    """An AS number: an int (not a bool: `as: true` is not AS 1) in 1..2^32-1."""
-    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 4294967295
 
 
 def _contains(rng: Any, key: str) -> bool:
@@ -77,25 +72,7 @@ def review_bgpconf(request: Mapping[str, Any]) -> Verdict:
     obj = request.get("object")
     if request.get("operation") == "DELETE" or obj is None:
         return ALLOW
-    spec = obj.get("spec") or {}
-    problems = []
-    asn = spec.get("as")
-    if not _asn(asn):
-        problems.append("spec.as must be an AS number between 1 and 4294967295")
-    rid = spec.get("routerId")
-    if rid:
-        try:
-            ipaddress.IPv4Address(rid)
-        except ValueError:
-            problems.append(f"spec.routerId {rid!r} must be an IPv4 address (or empty for the node's IP)")
-    port = spec.get("listenPort", 0)
-    if not isinstance(port, int) or not -1 <= port <= 65535:
-        problems.append("spec.listenPort must be -1 (do not listen), 0 (179) or a port number")
-    for addr in spec.get("listenAddresses") or []:
-        try:
-            ipaddress.ip_address(addr)
-        except ValueError:
-            problems.append(f"spec.listenAddresses: {addr!r} is not an IP address")
+    problems = bgp.validate_bgpconf(obj.get("spec") or {})
     return Verdict(False, "; ".join(problems)) if problems else ALLOW
 
 
@@ -103,17 +80,7 @@ def review_bgppeer(request: Mapping[str, Any]) -> Verdict:
     obj = request.get("object")
     if request.get("operation") == "DELETE" or obj is None:
         return ALLOW
-    conf = (obj.get("spec") or {}).get("conf")
-    if not isinstance(conf, Mapping):
-        return Verdict(False, "spec.conf is required (peerAs and neighborAddress)")
-    problems = []
-    asn = conf.get("peerAs")
-    if not _asn(asn):
-        problems.append("spec.conf.peerAs must be an AS number between 1 and 4294967295")
-    try:
-        ipaddress.ip_address(str(conf.get("neighborAddress", "")))
-    except ValueError:
-        problems.append(f"spec.conf.neighborAddress {conf.get('neighborAddress')!r} is not an IP address")
+    problems = bgp.validate_bgppeer(obj.get("spec") or {})
     return Verdict(False, "; ".join(problems)) if problems else ALLOW
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from lightkube import AsyncClient
@@ -62,7 +62,9 @@ class IpamController:
         self.workers = workers
         self.alloc = Allocator()
         self.queue = WorkQueue()
-        self.services: Informer[Service] = Informer(client, Service, lambda k: self.queue.add(SVC + k))
+        self.services: Informer[Service] = Informer(client, Service, self._on_service)
+        self.service_hooks: list[Callable[[str], None]] = []
+        """Also told of every Service event (NodeProxy shares this informer: one Service cache)."""
         self.eips: Informer[Any] = Informer(client, Eip, self._on_eip, name="Eip")
         self.namespaces: Informer[Namespace] = Informer(client, Namespace, self._on_namespace)
         self.problems: dict[str, list[str]] = {}
@@ -74,6 +76,11 @@ class IpamController:
         self.ready = asyncio.Event()
 
     # ---- triggers ----------------------------------------------------------------------------
+
+    def _on_service(self, key: str) -> None:
+        self.queue.add(SVC + key)
+        for hook in self.service_hooks:
+            hook(key)
 
     def _on_eip(self, name: str) -> None:
         """Spec and lifecycle changes reconcile now; status-only changes (mostly the echo of our own
@@ -299,7 +306,10 @@ class IpamController:
                 "labels": {names.LABEL_POOL: None},
                 "$deleteFromPrimitiveList/finalizers": [names.FINALIZER_SERVICE],
             }
-        if marks or _ingress(svc):
+        if sp.is_node_proxy(svc, self.policy):  # its ingress lists node addresses, NodeProxy's to write
+            if marks:
+                await self._write_service(svc, marks, {})
+        elif marks or _ingress(svc):
             await self._write_service(svc, marks, {"loadBalancer": {"ingress": None}})
         if gone:
             log.info("released %s from %s", _fmt(gone.ips), key)

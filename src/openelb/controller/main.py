@@ -15,12 +15,14 @@ from aiohttp import web
 from openelb.api import names
 from openelb.controller.ipam import IpamController
 from openelb.controller.metrics import Metrics
+from openelb.controller.nodeproxy import NodeProxyController
 from openelb.controller.servicepolicy import Policy
 from openelb.controller.webhook import CONTROLLER_RUNTIME_CERT_DIR, CertManager, FileCerts, dns_names, serve
 from openelb.kube import memberlist
 from openelb.kube.client import async_client
 from openelb.kube.events import EventRecorder
 from openelb.kube.leader import LeaseElector
+from openelb.nodeproxy.workload import DEFAULT_IMAGE
 from openelb.runtime import ProbeServer, run_daemon, serve_metrics, split_addr, stop_on_signals
 
 log = logging.getLogger("openelb.controller")
@@ -46,6 +48,8 @@ class ControllerOptions:
     webhook_cert_dir: str = CONTROLLER_RUNTIME_CERT_DIR
     """A certificate mounted here (tls.crt, tls.key) is used as is; else we make and keep one."""
     workers: int = 16
+    node_proxy_image: str = DEFAULT_IMAGE
+    """The image of NodeProxy's proxy Pods (`openelb forward`): this controller's own."""
     memberlist_secret: str = names.MEMBERLIST_SECRET
     """The speakers' heartbeat key Secret, created with a random key if missing ("" = never)."""
 
@@ -54,9 +58,15 @@ async def run(opts: ControllerOptions) -> None:
     client = async_client(opts.kubeconfig, field_manager="openelb-controller")
     metrics = Metrics()
     recorder = EventRecorder(client, names.CONTROLLER_COMPONENT)
-    ctrl = IpamController(
-        client, Policy(opts.lb_class, opts.serve_unannotated), recorder, metrics, workers=opts.workers
-    )
+    policy = Policy(opts.lb_class, opts.serve_unannotated)
+    ctrl = IpamController(client, policy, recorder, metrics, workers=opts.workers)
+    proxies = NodeProxyController(client, ctrl.services, policy, recorder, opts.namespace, opts.node_proxy_image)
+    ctrl.service_hooks.append(proxies.on_service)
+
+    async def active() -> None:
+        """What the leader runs: IP assignment and NodeProxy, on one Service cache."""
+        await asyncio.gather(ctrl.run(), proxies.run())
+
     runners: list[ProbeServer | web.AppRunner] = []
     # Made before anything is served: /readyz reads it, also during the certificate setup below.
     elector = LeaseElector(client, names.LEADER_LEASE, opts.namespace, opts.identity) if opts.leader_elect else None
@@ -105,7 +115,7 @@ async def run(opts: ControllerOptions) -> None:
     def on_change(leading: bool) -> None:
         metrics.is_leader.set(1 if leading else 0)
 
-    work = asyncio.create_task(elector.run(ctrl.run, on_change) if elector else ctrl.run())
+    work = asyncio.create_task(elector.run(active, on_change) if elector else active())
     stopper = asyncio.create_task(stop.wait())
     log.info("controller %s started (class %s, namespace %s)", opts.identity, opts.lb_class, opts.namespace)
     try:

@@ -31,18 +31,34 @@ def svc_annotations(svc: Service) -> Mapping[str, str]:
     return (svc.metadata.annotations if svc.metadata else None) or {}
 
 
-def is_ours(svc: Service, policy: Policy) -> bool:
-    """Should this Service get an IP from us (right now)?"""
+def opted_in(svc: Service, policy: Policy) -> bool:
+    """A LoadBalancer Service that asks for OpenELB (class, annotation, or unannotated if served)."""
     spec = svc.spec
     if spec is None or spec.type != "LoadBalancer":
-        return False
-    if svc.metadata is not None and svc.metadata.deletionTimestamp is not None:
         return False
     if spec.loadBalancerClass:
         return spec.loadBalancerClass == policy.lb_class
     if svc_annotations(svc).get(names.ANNOTATION_LB) == names.LB_VALUE:
         return True
     return policy.serve_unannotated
+
+
+def node_proxy_type(svc: Service) -> str | None:
+    """The NodeProxy annotation's value (any: a wrong one is reported, not given an IP)."""
+    return svc_annotations(svc).get(names.ANNOTATION_NODE_PROXY_TYPE)
+
+
+def is_node_proxy(svc: Service, policy: Policy) -> bool:
+    """Exposed through the nodes' own addresses (NodeProxy mode) instead of an Eip's IP."""
+    deleting = svc.metadata is not None and svc.metadata.deletionTimestamp is not None
+    return not deleting and node_proxy_type(svc) is not None and opted_in(svc, policy)
+
+
+def is_ours(svc: Service, policy: Policy) -> bool:
+    """Should this Service get an IP from us (right now)?"""
+    if svc.metadata is not None and svc.metadata.deletionTimestamp is not None:
+        return False
+    return opted_in(svc, policy) and node_proxy_type(svc) is None
 
 
 def has_our_marks(svc: Service) -> bool:

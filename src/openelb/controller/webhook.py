@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import logging
 import ssl
@@ -83,24 +84,34 @@ class CertManager:
         self.ca_pem = b""
 
     async def ensure(self) -> None:
-        data = await self._read()
+        exists, data = await self._read()
+        if exists and data is None:
+            # Same name, another layout (Go OpenELB's cert-gen Jobs left `ca`, `cert`, `key`, type
+            # Opaque, which a replace may not change): removed and made anew, not a crash on the
+            # create's conflict.
+            log.info("Secret %s/%s holds another certificate layout (Go OpenELB's?): replacing it", self.namespace,
+                     self.secret)  # fmt: skip
+            with contextlib.suppress(ApiError):
+                await self.client.delete(Secret, self.secret, namespace=self.namespace)
+            exists = False
         if data is None or needs_renewal(data["tls.crt"], self.names, self.ips):
-            data = await self._write(data is not None)
+            data = await self._write(exists)
         self.ca_pem = data["ca.crt"]
         self._load(data["tls.crt"], data["tls.key"])
         await self.patch_ca_bundle()
 
-    async def _read(self) -> dict[str, bytes] | None:
+    async def _read(self) -> tuple[bool, dict[str, bytes] | None]:
+        """(the Secret exists, its certificate if it holds ours)."""
         try:
             sec = await self.client.get(Secret, self.secret, namespace=self.namespace)
         except ApiError as exc:
             if exc.status.code == 404:
-                return None
+                return False, None
             raise
         raw = sec.data or {}
         if not {"ca.crt", "tls.crt", "tls.key"} <= raw.keys():
-            return None
-        return {k: base64.b64decode(v) for k, v in raw.items()}
+            return True, None
+        return True, {k: base64.b64decode(v) for k, v in raw.items()}
 
     async def _write(self, exists: bool) -> dict[str, bytes]:
         ca = pki.make_ca("openelb-webhook-ca")
@@ -119,7 +130,7 @@ class CertManager:
         except ApiError as exc:
             if exc.status.code != 409:  # another replica won the race: use its certificate
                 raise
-            theirs = await self._read()
+            _exists, theirs = await self._read()
             if theirs is None:
                 raise
             return theirs
@@ -172,6 +183,7 @@ class CertManager:
                 log.exception("webhook certificate refresh failed")
 
 
+MAX_REVIEW_BYTES = 8 << 20
 CONTROLLER_RUNTIME_CERT_DIR = "/tmp/k8s-webhook-server/serving-certs"
 """Where controller-runtime (Go OpenELB) reads its webhook certificate; its manifest mounts the
 cert-gen Jobs' Secret there as tls.crt/tls.key."""
@@ -251,7 +263,9 @@ def make_app(client: AsyncClient) -> web.Application:
     async def bgppeer(request: web.Request) -> web.Response:
         return await answer(request, review_bgppeer)
 
-    app = web.Application()
+    # An AdmissionReview carries the object and the old one: an Eip whose status lists 10,000 IPs is
+    # ~1 MiB twice. Bounded, so a hostile body is refused (413) before it is parsed.
+    app = web.Application(client_max_size=MAX_REVIEW_BYTES)
     app.router.add_post(EIP_PATH, eip)
     app.router.add_post(BGPCONF_PATH, bgpconf)
     app.router.add_post(BGPPEER_PATH, bgppeer)

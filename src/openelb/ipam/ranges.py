@@ -51,11 +51,19 @@ def _addr(version: int, value: int) -> IPAddress:
     return ipaddress.IPv4Address(value) if version == 4 else ipaddress.IPv6Address(value)
 
 
+MAX_ADDRESS_TEXT = 100
+"""Two full IPv6 addresses and a dash fit; anything longer is refused before parsing or echoing."""
+
+
 def parse_range(text: str) -> IPRange:
     """Parse an Eip `spec.address`. Raises AddressError with a message fit for a user."""
     raw = text.strip()
     if not raw:
         raise AddressError("invalid eip address format: empty address")
+    if len(raw) > MAX_ADDRESS_TEXT:
+        raise AddressError(
+            f"invalid eip address format: {len(raw)} characters (an IP, CIDR or range is at most {MAX_ADDRESS_TEXT})"
+        )
     try:
         if "/" in raw:
             if not raw.rsplit("/", 1)[1].isdigit():

@@ -415,9 +415,14 @@ class NodeAgent:
                 now_ready[run.name] = False
                 continue
             probe = run.readiness
-            now_ready[run.name] = probe is None or (
-                _exec_ok(box.netns or self.node.netns, probe) if probe.exec else _http_ok(box, self.node.netns, probe)
-            )
+            if probe is None:
+                now_ready[run.name] = True
+            elif probe.exec:
+                now_ready[run.name] = _exec_ok(box.netns or self.node.netns, probe)
+            elif probe.tcp:
+                now_ready[run.name] = _tcp_ok(self.node.netns, box.ipv4 or box.ipv6 or "", probe)
+            else:
+                now_ready[run.name] = _http_ok(box, self.node.netns, probe)
         self.ready[key] = now_ready
         return now_ready != before
 
@@ -490,6 +495,18 @@ def _write_files(target: Path, files: dict[str, bytes]) -> None:
     for name, content in files.items():
         (target / name).write_bytes(content)
         (target / name).chmod(0o644)
+
+
+def _tcp_ok(node_netns: str, address: str, probe: containers.Probe) -> bool:
+    """A tcpSocket probe from the node's namespace: the port accepts a connection."""
+    host = f"[{address}]" if ":" in address else address
+    script = f"exec 3<>/dev/tcp/{host.strip('[]')}/{probe.port}"
+    try:
+        out = subprocess.run(["ip", "netns", "exec", node_netns, "bash", "-c", script],
+                             capture_output=True, timeout=max(probe.timeout, 1.0) + 1.0, check=False)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return False
+    return out.returncode == 0
 
 
 def _exec_ok(netns_name: str, probe: containers.Probe) -> bool:

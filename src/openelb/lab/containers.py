@@ -48,6 +48,8 @@ class Probe:
     path: str = "/"
     exec: tuple[str, ...] = ()
     """An exec probe's command (run in the container's network namespace) instead of httpGet."""
+    tcp: bool = False
+    """A tcpSocket probe of `port` instead of httpGet."""
     timeout: float = 1.0
 
 
@@ -95,6 +97,13 @@ def _probe(c: Container, kind: str, ports: dict[str, int]) -> Probe | None:
     probe = getattr(c, kind)
     if probe is not None and probe.exec is not None and probe.exec.command:
         return Probe(exec=tuple(probe.exec.command), timeout=float(probe.timeoutSeconds or 1))
+    if probe is not None and probe.tcpSocket is not None:
+        port = probe.tcpSocket.port
+        if isinstance(port, str) and not port.isdigit():
+            if port not in ports:
+                raise ContainerError(f"container {c.name}: {kind} names port {port!r}, which is not declared")
+            port = ports[port]
+        return Probe(port=int(port), tcp=True, timeout=float(probe.timeoutSeconds or 1))
     if probe is None or probe.httpGet is None:
         return None
     port = probe.httpGet.port

@@ -1,7 +1,8 @@
 """The lab's stand-in for a container: an HTTP server that answers like `luksa/kubia`.
 
-It runs inside the pod's network namespace and listens on every declared TCP container port,
-dual-stack, answering `You've hit <pod-name>` so a test sees which pod a request reached.
+It runs inside the pod's network namespace and listens on every declared container port,
+dual-stack, answering `You've hit <pod-name>` (HTTP over TCP; any UDP datagram gets that line
+back) so a test sees which pod a request reached.
 """
 
 from __future__ import annotations
@@ -42,9 +43,20 @@ def handler_for(pod_name: str) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+def udp_echo(pod_name: str, port: int) -> None:
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind(("::", port))
+    body = f"You've hit {pod_name}\n".encode()
+    while True:
+        _data, addr = sock.recvfrom(2048)
+        sock.sendto(body, addr)
+
+
 def serve(pod_name: str, ports: list[int]) -> None:
     servers = [DualStackServer(("::", port), handler_for(pod_name)) for port in ports]
     threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
+    threads += [threading.Thread(target=udp_echo, args=(pod_name, port), daemon=True) for port in ports]
     for t in threads:
         t.start()
     stop = threading.Event()

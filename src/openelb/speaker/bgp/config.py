@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from openelb.api import bgp as bgp_rules
 from openelb.api import names
 from openelb.protocols.bgp import codec as c
 
@@ -81,6 +82,9 @@ def _int(value: Any, what: str, default: int = 0) -> int:
 
 
 def global_config(spec: Mapping[str, Any], node_ip: str | None, node_labels: Mapping[str, str]) -> GlobalConfig:
+    problems = bgp_rules.validate_bgpconf(spec)
+    if problems:  # the webhook refuses these; with it off, this BgpConf is not used (a Warning Event)
+        raise ConfigError("; ".join(problems))
     asn = _int(spec.get("as"), "spec.as")
     router_id = str(spec.get("routerId") or "")
     rack = node_labels.get(RACK_LABEL)
@@ -119,6 +123,9 @@ UNSUPPORTED_CONF = ("peerGroup", "removePrivateAs", "routeFlapDamping", "neighbo
 
 
 def peer_config(name: str, spec: Mapping[str, Any]) -> PeerConfig:
+    problems = bgp_rules.validate_bgppeer(spec)
+    if problems:  # the webhook refuses these; with it off, only this peer is skipped (a Warning Event)
+        raise ConfigError("; ".join(problems))
     conf = spec.get("conf")
     if not isinstance(conf, Mapping):
         raise ConfigError("spec.conf is required")

@@ -1,0 +1,1 @@
+"""NodeProxy mode: a Service exposed through the nodes' own addresses (klipper-lb style)."""
