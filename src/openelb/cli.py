@@ -302,12 +302,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise
 
 
+def _go_version(name: str) -> bool:
+    """Go OpenELB's `openelb-controller version` / `openelb-speaker version` subcommand."""
+    if sys.argv[1:] == ["version"]:
+        print(f"{name} version {__version__} (OpenELB reimplemented in Python)")
+        return True
+    return False
+
+
 def controller_main() -> None:
     """`openelb-controller ARGS`: Go OpenELB's executable name (`command: [openelb-controller]` in
     its deploy/openelb.yaml), the same as `openelb controller ARGS`."""
-    main(["controller", *sys.argv[1:]])
+    if not _go_version("openelb-controller"):
+        main(["controller", *sys.argv[1:]])
 
 
 def speaker_main() -> None:
     """`openelb-speaker ARGS`: Go OpenELB's executable name, the same as `openelb speaker ARGS`."""
-    main(["speaker", *sys.argv[1:]])
+    if not _go_version("openelb-speaker"):
+        main(["speaker", *sys.argv[1:]])

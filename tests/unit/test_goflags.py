@@ -64,3 +64,15 @@ def test_unknown_and_malformed_flags_fail_naming_the_flag(capsys: pytest.Capture
     with pytest.raises(SystemExit):
         parse("controller", "--leader-elect=maybe")
     assert "invalid boolean 'maybe'" in capsys.readouterr().err
+
+
+def test_go_executables_and_their_version_subcommand(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("sys.argv", ["openelb-speaker", "version"])
+    cli.speaker_main()
+    assert "openelb-speaker version" in capsys.readouterr().out
+    monkeypatch.setattr("sys.argv", ["openelb-controller", "--no-such-flag"])
+    with pytest.raises(SystemExit):
+        cli.controller_main()
+    assert "--no-such-flag" in capsys.readouterr().err  # unknown flags fail, naming the flag
