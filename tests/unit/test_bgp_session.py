@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import struct
+
+import pytest
 
 from openelb.protocols.bgp import codec as c
 from openelb.protocols.bgp.session import Closed, Established, Session, SessionConfig, State, parse_prefix
@@ -264,3 +267,40 @@ def test_a_negative_keepalive_interval_never_busy_loops() -> None:
         sent += a.data_to_send().count(c.encode_keepalive())
         a.receive_data(c.encode_keepalive(), now)  # the peer's keepalives keep the hold timer fresh
     assert sent == 3  # at 30, 60 and 90 s
+
+
+def _update_of_default_routes(count: int) -> bytes:
+    """An UPDATE whose MP_REACH carries `count` x ::/0 (one byte each): issue 14 #9's input."""
+    nh = ipaddress.IPv6Address("2001:db8::1").packed
+    mp = struct.pack("!HBB", c.AFI_IP6, c.SAFI_UNICAST, len(nh)) + nh + b"\x00" + b"\x00" * count
+    attrs = bytes([c.F_TRANSITIVE, c.ORIGIN, 1, 0, c.F_TRANSITIVE, c.AS_PATH, 0])
+    attrs += bytes([c.F_OPTIONAL | c.F_EXTENDED, c.MP_REACH]) + struct.pack("!H", len(mp)) + mp
+    body = struct.pack("!H", 0) + struct.pack("!H", len(attrs)) + attrs
+    return b"\xff" * 16 + struct.pack("!HB", 19 + len(body), c.UPDATE) + body
+
+
+def test_an_update_before_established_is_refused_without_being_decoded(monkeypatch: object) -> None:
+    """Issue 14 #9: a 4 KiB UPDATE was decoded in full before OPEN (29-65 ms each)."""
+    import pytest
+
+    mp = pytest.MonkeyPatch()
+    decoded: list[int] = []
+    real = c.decode_update
+    mp.setattr(c, "decode_update", lambda *a, **k: decoded.append(1) or real(*a, **k))
+    try:
+        a = Session(cfg(65001, 65000, "192.0.2.11"), 0.0)
+        a.start(0.0)
+        a.data_to_send()
+        events = a.receive_data(_update_of_default_routes(4000), 0.0)
+    finally:
+        mp.undo()
+    assert decoded == [] and a.state == State.IDLE
+    assert isinstance(events[0], Closed) and events[0].sent == c.Notification(c.FSM_ERROR, 1)
+
+
+def test_repeated_prefixes_decode_to_the_same_routes() -> None:
+    upd = c.decode_update(_update_of_default_routes(4000)[19:])
+    assert len(upd.nlri) == 4000 and {p for _i, p in upd.nlri} == {ipaddress.ip_network("::/0")}
+    host_bits = bytes([60]) + ipaddress.IPv6Address("2001:db8:0:1::").packed[:8]  # /60 with bit 64 set
+    with pytest.raises(c.BgpError, match="host bits"):
+        c._decode_prefixes(host_bits, c.AFI_IP6, False)

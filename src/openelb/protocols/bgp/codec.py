@@ -9,6 +9,7 @@ the process. Received UPDATEs are validated but their routes are not kept (no RI
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 from collections.abc import Iterable, Iterator
@@ -400,6 +401,20 @@ def _decode_params(data: bytes) -> Capabilities:
     return Capabilities(frozenset(families), as4, rr, gr, tuple(add_path), tuple(unknown))
 
 
+@functools.lru_cache(maxsize=4096)
+def _prefix(afi: int, plen: int, raw: bytes) -> Prefix:
+    """One NLRI prefix, built from its integer (no text round trip) and cached: a peer repeating
+    one prefix thousands of times (4,048 x ::/0 in 4 KiB) costs a dictionary lookup each, and a
+    4 KiB UPDATE of distinct prefixes ~1 ms instead of ~50 (issue 14 #9)."""
+    width = 32 if afi == AFI_IP else 128
+    value = int.from_bytes(raw.ljust(width // 8, b"\x00"), "big")
+    try:
+        net: Prefix = ipaddress.IPv4Network((value, plen)) if afi == AFI_IP else ipaddress.IPv6Network((value, plen))
+    except ValueError as exc:  # host bits set
+        raise BgpError(UPDATE_ERROR, UPDATE_BAD_NLRI, str(exc)) from exc
+    return net
+
+
 def _decode_prefixes(data: bytes, afi: int, add_path: bool) -> tuple[tuple[int, Prefix], ...]:
     width = 32 if afi == AFI_IP else 128
     out: list[tuple[int, Prefix]] = []
@@ -417,15 +432,8 @@ def _decode_prefixes(data: bytes, afi: int, add_path: bool) -> tuple[tuple[int, 
         nbytes = (plen + 7) // 8
         if plen > width or i + 1 + nbytes > len(data):
             raise BgpError(UPDATE_ERROR, UPDATE_BAD_NLRI, f"bad prefix length {plen}")
-        raw = data[i + 1 : i + 1 + nbytes].ljust(width // 8, b"\x00")
+        out.append((path_id, _prefix(afi, plen, data[i + 1 : i + 1 + nbytes])))
         i += 1 + nbytes
-        addr: ipaddress.IPv4Address | ipaddress.IPv6Address = (
-            ipaddress.IPv4Address(raw) if afi == AFI_IP else ipaddress.IPv6Address(raw)
-        )
-        try:
-            out.append((path_id, ipaddress.ip_network(f"{addr}/{plen}")))
-        except ValueError as exc:  # host bits set
-            raise BgpError(UPDATE_ERROR, UPDATE_BAD_NLRI, str(exc)) from exc
     return tuple(out)
 
 

@@ -158,6 +158,10 @@ class Session:
             for kind, body in c.split_messages(self._in):
                 self.counters.received[KIND_NAMES.get(kind, "other")] += 1
                 self.counters.received["total"] += 1
+                refused = self._unexpected(kind)
+                if refused:  # refused on its type: a body this state cannot accept is never decoded
+                    events.append(refused)
+                    break
                 neg = self.negotiated
                 msg = c.decode(kind, body, as4=neg.as4 if neg else True)
                 events += self._handle(msg, now)
@@ -246,6 +250,14 @@ class Session:
         self.state = State.IDLE
         self.closed = Closed(reason, sent=note)
         return self.closed
+
+    def _unexpected(self, kind: int) -> Event | None:
+        """An UPDATE or ROUTE-REFRESH before Established is an FSM error (RFC 4271 §9, RFC 6608
+        subcodes); said from the header, so a peer cannot make us decode what we would refuse."""
+        if kind not in (c.UPDATE, 5) or self.state == State.ESTABLISHED:
+            return None
+        sub = {State.OPENSENT: 1, State.OPENCONFIRM: 2}.get(self.state, 0)
+        return self._fail(c.FSM_ERROR, sub, f"{KIND_NAMES.get(kind, kind)} in {self.state.value}")
 
     def _handle(self, msg: c.Message, now: float) -> list[Event]:  # noqa: PLR0911 - one return per FSM case
         if isinstance(msg, c.Notification):
