@@ -242,9 +242,11 @@ def test_without_webhook_the_eip_finalizer_holds_until_release(kube: Client, ns:
 def test_bgp_objects_basic_validation(kube: Client) -> None:
     from openelb.kube.resources import BgpConf, BgpPeer
 
-    with pytest.raises(ApiError) as err:
+    with pytest.raises(ApiError) as err:  # the schema's range first
         kube.create(BgpConf({"metadata": {"name": "default"}, "spec": {"as": 0, "routerId": "nope"}}))
-    assert "spec.as must be an AS number" in err.value.status.message  # type: ignore[operator]
+    assert "spec.as in body should be greater than or equal to 1" in err.value.status.message  # type: ignore[operator]
+    with pytest.raises(ApiError) as err:  # then the webhook
+        kube.create(BgpConf({"metadata": {"name": "default"}, "spec": {"as": 65000, "routerId": "nope"}}))
     assert "routerId 'nope'" in err.value.status.message  # type: ignore[operator]
     with pytest.raises(ApiError) as err:
         kube.create(BgpPeer({"metadata": {"name": "p"}, "spec": {"conf": {"peerAs": 65000, "neighborAddress": "x"}}}))
