@@ -5,6 +5,7 @@ left, and the finalizer of a Service whose workload is already gone (Go OpenELB'
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -190,3 +191,45 @@ def test_an_unknown_type_is_reported_and_gets_nothing(kube: Client, ns: str, con
     )
     kube.patch(Service, SVC, {"metadata": {"annotations": {names.ANNOTATION_NODE_PROXY_TYPE: None}}}, namespace=ns,
                patch_type=PatchType.MERGE)  # fmt: skip
+
+
+def test_a_port_taken_on_one_node_is_reported_and_that_node_left_out(kube: Client, lab_plan: LabPlan, app: str) -> None:
+    ns = app
+    taken = lab_plan.nodes[1]
+    everyone = [n.name for n in lab_plan.nodes]
+    squat = (
+        "import socket, time\n"
+        "s = socket.socket(socket.AF_INET6)\n"
+        "s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\n"
+        "s.bind(('::', 8088))\n"
+        "s.listen()\n"
+        "time.sleep(120)\n"
+    )
+    squatter = subprocess.Popen(["ip", "netns", "exec", taken.netns, sys.executable, "-c", squat])
+    workloads.poll(
+        "the squatter listening",
+        lambda: ":8088" in in_netns(taken.netns, "ss", "-Hltn", "sport = :8088").stdout,
+        10,
+    )
+    try:
+        svc = _proxy_service(ns, "daemonset")
+        svc["spec"]["ports"] = [{"name": "http", "port": 8088, "targetPort": 8080, "protocol": "TCP"}]
+        workloads.apply(kube, svc)
+        others = [n for n in everyone if n != taken.name]
+        message = workloads.poll(
+            "a Warning Event naming the node",
+            lambda: next((m for _t, r, m in events(kube, ns, SVC) if r == "NodeProxyNotReady"), None),
+            40,
+        )
+        assert taken.name in message and "taken" in message, message
+        assert _ann(kube, ns, names.ANNOTATION_NODE_PROXY_INTERNAL_IP) == _internal(lab_plan, others)
+    finally:
+        squatter.kill()
+        squatter.wait(5)
+    workloads.poll(  # the relay retries: the freed port is taken up and the node published
+        "every node published",
+        lambda: _ann(kube, ns, names.ANNOTATION_NODE_PROXY_INTERNAL_IP) == _internal(lab_plan, everyone),
+        60,
+    )
+    kube.delete(Service, SVC, namespace=ns)
+    workloads.poll("the Service gone", lambda: not _exists_svc(kube, ns), 60)

@@ -89,8 +89,10 @@ def test_a_taken_port_is_retried_until_free() -> None:
         squatter.bind(("::", listen))
         squatter.listen()
         stop = asyncio.Event()
-        task = asyncio.create_task(fw.run(["127.0.0.1"], [fw.parse_port(f"tcp/{listen}:{target}")], stop))
+        name = f"test-{listen}"
+        task = asyncio.create_task(fw.run(["127.0.0.1"], [fw.parse_port(f"tcp/{listen}:{target}")], stop, name))
         await asyncio.sleep(0.3)
+        not_ready = fw.check(name)  # the port answers (the squatter), but the relay is not ready
         squatter.close()  # the port frees: the relay takes it at its next retry
         try:
             for _ in range(200):
@@ -100,7 +102,11 @@ def test_a_taken_port_is_retried_until_free() -> None:
                     answer = await asyncio.wait_for(reader.read(100), 2)
                     writer.close()
                     if answer:
-                        return answer
+                        for _ in range(50):
+                            if fw.check(name) == 0:
+                                break
+                            await asyncio.sleep(0.1)
+                        return answer + (b" ready" if fw.check(name) == 0 and not_ready == 1 else b"")
                 except OSError:
                     pass
                 await asyncio.sleep(0.05)
@@ -111,7 +117,7 @@ def test_a_taken_port_is_retried_until_free() -> None:
             server.close()
             udp.close()
 
-    assert asyncio.run(scenario()) == b"tcp:x"
+    assert asyncio.run(scenario()) == b"tcp:x ready"
 
 
 @pytest.mark.parametrize("bad", ["sctp/80", "tcp/0", "tcp/70000", "udp/x", "tcp/80:0"])

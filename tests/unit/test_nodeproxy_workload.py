@@ -25,9 +25,11 @@ def test_manifest_is_least_privilege_and_carries_the_ports() -> None:
     assert pod["hostNetwork"] is True and pod["automountServiceAccountToken"] is False
     assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}  # no port below 1024: nothing at all
     assert c["securityContext"]["runAsNonRoot"] is True
-    assert c["args"] == ["forward", "--to=198.51.100.10", "--to=2001:db8::a", "--port=tcp/8443", "--port=udp/5300"]
+    assert c["args"] == ["forward", "--ready-name=node-proxy-web-ns", "--to=198.51.100.10", "--to=2001:db8::a",
+                         "--port=tcp/8443", "--port=udp/5300"]  # fmt: skip
     assert [(p["protocol"], p["hostPort"]) for p in c["ports"]] == [("TCP", 8443), ("UDP", 5300)]
-    assert c["readinessProbe"] == {"tcpSocket": {"port": 8443}, "periodSeconds": 2}
+    probe = c["readinessProbe"]["exec"]["command"]
+    assert probe == ["openelb", "forward", "--check", "node-proxy-web-ns"]  # our relay, not the port
     terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
     assert terms[0]["matchExpressions"][0] == {"key": names.LABEL_NODE_PROXY_EXCLUDE, "operator": "DoesNotExist"}
     low = wl.manifest(wl.proxy_spec("ns/web", "deployment", ["198.51.100.10"], [("TCP", 80)]), "x", "img")

@@ -15,6 +15,7 @@ workload is written or first seen (its annotation names the Service).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from typing import Any
 
@@ -35,6 +36,8 @@ log = logging.getLogger("openelb.nodeproxy")
 FIELD_MANAGER = "openelb-node-proxy"
 KINDS: dict[str, type[Deployment] | type[DaemonSet]] = {"deployment": Deployment, "daemonset": DaemonSet}
 SVC, NODE = "svc/", "node/"
+STUCK_AFTER = 10.0
+"""Seconds a proxy Pod may run unready before the Service gets a Warning Event."""
 
 
 def _target(svc: Service) -> Target:
@@ -77,6 +80,7 @@ class NodeProxyController:
         self.serving: dict[str, set[str]] = {}
         """Service key → names of the nodes it was last published with (a node change re-publishes)."""
         self._warned: dict[str, str] = {}
+        self._stuck: dict[str, str] = {}
 
     # ---- triggers ----------------------------------------------------------------------------
 
@@ -214,13 +218,38 @@ class NodeProxyController:
         other = "daemonset" if kind == "deployment" else "deployment"
         await self._delete(KINDS[other], wname)
         await self._apply(KINDS[kind], body)
-        ready = {
-            p.spec.nodeName
-            for p in self.pods.store.values()
+        pods = [
+            p for p in self.pods.store.values()
             if p.spec and p.spec.nodeName and ((p.metadata.labels if p.metadata else None) or {}).get("name") == wname
-            and _pod_ready(p)
-        }  # fmt: skip
+        ]  # fmt: skip
+        ready = {p.spec.nodeName for p in pods if p.spec and p.spec.nodeName and _pod_ready(p)}
+        self._report_stuck(svc, key, pods)
         await self._publish(svc, key, ready)
+
+    def _report_stuck(self, svc: Service, key: str, pods: list[Pod]) -> None:
+        """A proxy Pod Running but not Ready for `STUCK_AFTER` s: most likely its port is taken on
+        that node (the relay retries, and says so in its log). A Warning Event names the node."""
+        now = dt.datetime.now(dt.UTC)
+        stuck = []
+        for p in pods:
+            st = p.status
+            if st is None or st.phase != "Running" or _pod_ready(p) or st.startTime is None:
+                continue
+            if (now - st.startTime).total_seconds() >= STUCK_AFTER:
+                stuck.append(p.spec.nodeName if p.spec else "?")
+            else:
+                self.queue.add_after(SVC + key, STUCK_AFTER)
+        mark = ",".join(sorted(n or "?" for n in stuck))
+        if stuck and self._stuck.get(key) != mark:
+            self.recorder.emit(
+                _target(svc), "Warning", "NodeProxyNotReady",
+                f"the proxy on {mark} is not ready: a Service port is most likely taken on that node by another "
+                "program (see `kubectl -n " + self.namespace + " logs` of its Pod); that node is left out",
+            )  # fmt: skip
+        if mark:
+            self._stuck[key] = mark
+        else:
+            self._stuck.pop(key, None)
 
     def _exists(self, wname: str) -> bool:
         key = f"{self.namespace}/{wname}"

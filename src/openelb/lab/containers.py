@@ -96,7 +96,10 @@ def _field(pod: Pod, path: str, pod_ip: str, host_ip: str) -> str:
 def _probe(c: Container, kind: str, ports: dict[str, int]) -> Probe | None:
     probe = getattr(c, kind)
     if probe is not None and probe.exec is not None and probe.exec.command:
-        return Probe(exec=tuple(probe.exec.command), timeout=float(probe.timeoutSeconds or 1))
+        cmd = list(probe.exec.command)
+        if cmd[:1] == list(ENTRYPOINT):  # the image's `openelb`: this checkout's
+            cmd = [sys.executable, "-m", "openelb", *cmd[1:]]
+        return Probe(exec=tuple(cmd), timeout=float(probe.timeoutSeconds or 1))
     if probe is not None and probe.tcpSocket is not None:
         port = probe.tcpSocket.port
         if isinstance(port, str) and not port.isdigit():

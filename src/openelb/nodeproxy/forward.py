@@ -8,8 +8,11 @@ behind the Service change nothing here. TCP: one upstream connection per connect
 passed on. UDP: one upstream socket per client address, forgotten after `UDP_IDLE` seconds without
 traffic, at most `MAX_FLOWS` at once (the oldest is dropped first).
 
-A port that cannot be bound (taken on this node) is retried every `RETRY` seconds and logged; the
-TCP readiness probe fails until it is bound, so the controller leaves this node out of the
+A port that cannot be bound (taken on this node) is retried every `RETRY` seconds and logged.
+Readiness is not "something answers on the port" (whatever took it would): once every port is
+bound the relay listens on an abstract Unix socket named after its workload (`--ready-name`), and
+the Pod's exec probe (`openelb forward --check NAME`) connects to it — abstract sockets belong to
+the network namespace, the node's here. Until then the controller leaves this node out of the
 Service's addresses. Nothing outside the process is changed, so nothing is left when it stops.
 """
 
@@ -174,8 +177,25 @@ class UdpRelay(asyncio.DatagramProtocol):
                     flow.transport.close()
 
 
-async def run(targets: Sequence[str], ports: Sequence[Port], stop: asyncio.Event) -> None:
+def _ready_address(name: str) -> str:
+    return "\0openelb-forward:" + name
+
+
+def check(name: str) -> int:
+    """The readiness probe: 0 when the relay named `name` has bound every port."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(_ready_address(name))
+        except OSError as exc:
+            print(f"relay {name} not ready: {exc.strerror or exc}")
+            return 1
+    return 0
+
+
+async def run(targets: Sequence[str], ports: Sequence[Port], stop: asyncio.Event, ready_name: str = "") -> None:
     loop = asyncio.get_running_loop()
+    ready: socket.socket | None = None
     servers: list[asyncio.Server] = []
     udp: list[UdpRelay] = []
     pending = list(ports)
@@ -199,6 +219,13 @@ async def run(targets: Sequence[str], ports: Sequence[Port], stop: asyncio.Event
                 udp.append(relay)
             pending.remove(p)
             log.info("%s/%d -> %s", p.protocol, p.port, ", ".join(f"{t}:{p.upstream}" for t in targets))
+        if not pending and ready is None and ready_name:
+            ready = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            ready.bind(_ready_address(ready_name))
+            ready.listen(16)
+            ready.setblocking(False)
+            await asyncio.start_unix_server(lambda _r, w: w.close(), sock=ready)
+            log.info("every port bound: ready")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), RETRY)
         now = time.monotonic()
@@ -212,13 +239,21 @@ async def run(targets: Sequence[str], ports: Sequence[Port], stop: asyncio.Event
     for relay in udp:
         if relay.transport is not None:
             relay.transport.close()
+    if ready is not None:
+        ready.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="openelb forward", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--to", action="append", required=True, help="the Service's ClusterIP (one per family)")
-    parser.add_argument("--port", action="append", type=parse_port, required=True, help="tcp/PORT or udp/PORT")
+    parser.add_argument("--to", action="append", default=[], help="the Service's ClusterIP (one per family)")
+    parser.add_argument("--port", action="append", type=parse_port, default=[], help="tcp/PORT or udp/PORT")
+    parser.add_argument("--ready-name", default="", help="name of the readiness socket (the workload's)")
+    parser.add_argument("--check", metavar="NAME", help="readiness probe: exit 0 once relay NAME bound every port")
     args = parser.parse_args(argv)
+    if args.check:
+        return check(args.check)
+    if not args.to or not args.port:
+        parser.error("--to and --port are required")
     for t in args.to:
         ipaddress.ip_address(t)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -228,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await run(args.to, args.port, stop)
+        await run(args.to, args.port, stop, args.ready_name)
 
     asyncio.run(go())
     return 0

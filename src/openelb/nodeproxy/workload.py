@@ -62,10 +62,9 @@ def manifest(spec: ProxySpec, namespace: str, image: str) -> dict[str, Any]:
     svc_ns, svc_name = spec.service.split("/", 1)
     name = workload_name(svc_ns, svc_name)
     labels = {"name": name, names.LABEL_NODE_PROXY: "true"}
-    args = ["forward", *(f"--to={ip}" for ip in spec.cluster_ips)]
+    args = ["forward", f"--ready-name={name}", *(f"--to={ip}" for ip in spec.cluster_ips)]
     args += [f"--port={p.protocol.lower()}/{p.port}" for p in spec.ports]
     caps = ["NET_BIND_SERVICE"] if any(p.port < 1024 for p in spec.ports) else []
-    tcp = [p.port for p in spec.ports if p.protocol == "TCP"]
     container: dict[str, Any] = {
         "name": "forward",
         "image": image,
@@ -90,8 +89,9 @@ def manifest(spec: ProxySpec, namespace: str, image: str) -> dict[str, Any]:
         },
         "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "96Mi"}},
     }
-    if tcp:
-        container["readinessProbe"] = {"tcpSocket": {"port": tcp[0]}, "periodSeconds": 2}
+    # Ready once *our* relay holds every port (a probe of the port itself would pass for whatever
+    # program took it): `openelb forward --check` asks the relay's abstract socket.
+    container["readinessProbe"] = {"exec": {"command": ["openelb", "forward", "--check", name]}, "periodSeconds": 2}
     pod_spec = {
         "hostNetwork": True,
         "dnsPolicy": "ClusterFirstWithHostNet",
