@@ -66,6 +66,7 @@ def _openelb_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     c.add_argument("--webhook-secret", default="openelb-admission", help="Secret holding the webhook certificate")
     c.add_argument("--webhook-config", default="openelb-admission", help="ValidatingWebhookConfiguration to patch")
     c.add_argument("--workers", type=int, default=16, help="concurrent reconciles (API round trips overlap)")
+    c.add_argument("--field-manager", default="openelb-controller", help=argparse.SUPPRESS)
     c.add_argument(
         "--node-proxy-image", default=None,
         help="image of NodeProxy's proxy Pods (default: env OPENELB_IMAGE, else docker.io/openelb/openelb-python)",
@@ -154,6 +155,7 @@ def controller_options(args: argparse.Namespace) -> tuple[Any, list[str]]:
         webhook_config=args.webhook_config,
         workers=args.workers,
         memberlist_secret=args.memberlist_secret,
+        field_manager=args.field_manager,
     )
     if args.webhook_cert_dir is not None:
         opts.webhook_cert_dir = args.webhook_cert_dir

@@ -50,12 +50,14 @@ class ControllerOptions:
     workers: int = 16
     node_proxy_image: str = DEFAULT_IMAGE
     """The image of NodeProxy's proxy Pods (`openelb forward`): this controller's own."""
+    field_manager: str = "openelb-controller"
+    """Server-side field manager of its writes (tests give each replica its own, to tell writers apart)."""
     memberlist_secret: str = names.MEMBERLIST_SECRET
     """The speakers' heartbeat key Secret, created with a random key if missing ("" = never)."""
 
 
 async def run(opts: ControllerOptions) -> None:
-    client = async_client(opts.kubeconfig, field_manager="openelb-controller")
+    client = async_client(opts.kubeconfig, field_manager=opts.field_manager)
     metrics = Metrics()
     recorder = EventRecorder(client, names.CONTROLLER_COMPONENT)
     policy = Policy(opts.lb_class, opts.serve_unannotated)

@@ -51,6 +51,17 @@ class LeaseElector:
         self._observed: tuple[str | None, str | None] | None = None
         self._observed_at = 0.0
         self.leading = False
+        self._renewed_at = float("-inf")
+        """Monotonic time of the last successful acquire/renew."""
+        self.fenced = 0
+        """Writes refused because the lease may have passed to another replica (see `valid`)."""
+
+    def valid(self) -> bool:
+        """May this replica write now? Only while leading and within `renew_deadline` of its last
+        successful renewal, on the local monotonic clock. A replica that was stopped (SIGSTOP, a
+        VM pause, a long GC) past its lease wakes up with this False, before its renew loop has
+        noticed: its queued work then cannot write over the new leader's (fencing)."""
+        return self.leading and time.monotonic() - self._renewed_at < self.renew_deadline
 
     async def run(
         self, lead: Callable[[], Coroutine[Any, Any, None]], on_change: Callable[[bool], None] | None = None
@@ -59,6 +70,7 @@ class LeaseElector:
         while not await self._try():  # noqa: ASYNC110 - polling the Lease is the protocol
             await asyncio.sleep(self.retry_period * (1 + random.random() * 0.2))  # noqa: S311 - jitter
         log.info("%s became leader of %s/%s", self.identity, self.namespace, self.name)
+        self._renewed_at = time.monotonic()
         self.leading = True
         if on_change:
             on_change(True)
@@ -87,6 +99,7 @@ class LeaseElector:
                 ok = False
             if ok:
                 last_ok = time.monotonic()
+                self._renewed_at = last_ok
             elif time.monotonic() - last_ok > self.renew_deadline:
                 raise LostLeadership(f"could not renew lease {self.namespace}/{self.name} for {self.renew_deadline}s")
 
@@ -154,3 +167,29 @@ class LeaseElector:
             log.info("released lease %s/%s", self.namespace, self.name)
         except (ApiError, OSError) as exc:
             log.warning("could not release lease: %s", exc)
+
+
+WRITES = frozenset({"create", "replace", "patch", "delete", "deletecollection", "apply"})
+
+
+class FencedClient:
+    """The client the leader's reconcilers write with: every write first asks the elector whether
+    this replica still holds the lease (`LeaseElector.valid`), and a stale leader's write is
+    refused with LostLeadership (the process then exits and restarts as a standby). Reads pass."""
+
+    def __init__(self, client: AsyncClient, elector: LeaseElector) -> None:
+        self._client = client
+        self._elector = elector
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if name not in WRITES:
+            return attr
+
+        async def fenced(*args: Any, **kwargs: Any) -> Any:
+            if not self._elector.valid():
+                self._elector.fenced += 1
+                raise LostLeadership(f"refused a {name}: the lease {self._elector.name} may be another replica's")
+            return await attr(*args, **kwargs)
+
+        return fenced
