@@ -311,6 +311,28 @@ def _node_ready(client: Client, name: str) -> bool:
     return any(c.type == "Ready" and c.status == "True" for c in conds or [])
 
 
+def restart(component: str, pause: float = 0.0) -> float:
+    """Stop a control-plane daemon (`kube-apiserver`, `etcd`, ...), wait `pause` seconds, start it
+    with the same command line and wait until it is healthy again; returns the seconds it was out
+    (chaos tests: an apiserver or etcd restart)."""
+    paths = Paths(state_dir())
+    plan = load_plan(paths)
+    if plan is None:
+        raise RuntimeError("no lab is up: run `openelb lab up` first")
+    (daemon,) = [d for d in processes.recorded(paths.state) if d.name == component]
+    t0 = time.monotonic()
+    processes.stop(paths.state, daemon)
+    time.sleep(pause)
+    processes.start(paths.state, component, daemon.argv)
+    if component == "kube-apiserver":
+        wait_for("kube-apiserver /readyz", lambda: _https_ok(f"{plan.api_url}/readyz", paths.pki / "ca.crt"), 90,
+                 paths.state / "logs/kube-apiserver.log")  # fmt: skip
+    elif component == "etcd":
+        wait_for("etcd", lambda: _http_ok(f"http://127.0.0.1:{plan.ports.etcd_client}/health"), 30,
+                 paths.state / "logs/etcd.log")  # fmt: skip
+    return time.monotonic() - t0
+
+
 def down(quiet: bool = False, keep_logs: bool = False) -> list[str]:
     """Stop every lab process and remove every namespace, link and file; safe to run any time."""
     require_root()
