@@ -323,3 +323,26 @@ def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for fam in text_string_to_metric_families(text)
         for s in fam.samples
     }
+
+
+PROBER = Path(__file__).resolve().parents[2] / "bench" / "prober.py"
+
+
+def probe_during(netns: str, ip: str, seconds: float, action: Callable[[], object]) -> tuple[int, int]:
+    """Request http://ip/ every 10 ms from `netns` for `seconds` while `action` runs (after 1 s);
+    (successes, failures)."""
+    import json
+
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", netns, sys.executable, str(PROBER), ip, str(seconds)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(1.0)
+        action()
+        out, _ = proc.communicate(timeout=seconds + 60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    got = json.loads(out)
+    return len(got["oks"]), len(got["fails"])

@@ -21,6 +21,7 @@ from helpers import (
     apply_yaml,
     delete_eip,
     in_netns,
+    probe_during,
     running_speakers,
     scrape,
     wait_event,
@@ -176,6 +177,19 @@ def test_gobgp_cli_reads_our_speakers_as_bird_sees_them(
         assert _rib_hops(adj_out).get(f"{ip}/32") == node_ips(lab_plan), adj_out  # ADD-PATH: every node's path
         refused = in_netns(node.netns, "gobgp", "-p", "50051", "neighbor", "add", "198.18.0.9", "as", "65000")
         assert refused.returncode != 0 and "BgpPeer" in refused.stdout + refused.stderr
+
+
+def test_an_apiserver_outage_loses_no_request_and_moves_no_ip(
+    kube: Client, lab_plan: LabPlan, bird: router.Bird, bgp_seed: tuple[str, str]
+) -> None:
+    """Issue 14: the control plane gone for 20 s changes nothing on the data path (a client
+    through the router every 10 ms), and the IP is the same when it returns."""
+    ip, _ip6 = bgp_seed
+    wait_hops(lab_plan, ip, node_ips(lab_plan))
+    oks, fails = probe_during(lab_plan.remote.netns, ip, 26, lambda: lab.restart("kube-apiserver", pause=20))
+    assert fails == 0 and oks > 1000, (oks, fails)
+    assert wait_ips(kube, "default", "bgp-svc", timeout=30) == [ip]
+    wait_hops(lab_plan, ip, node_ips(lab_plan))
 
 
 def test_bfd_up_and_status_written(

@@ -21,6 +21,7 @@ from helpers import (
     in_netns,
     lb_service,
     ndisc_mac,
+    probe_during,
     running_speakers,
     scrape,
     wait_event,
@@ -398,3 +399,15 @@ def test_status_cli_reports_pools_services_announcer_and_pending(
     assert svc["ips"] == [seed] and svc["pool"] == "eip-pool" and svc["announcer"] == owner
     stuck = next(s for s in out["services"] if s["name"] == "stuck")
     assert stuck["ips"] == [] and "203.0.113.99" in stuck["pending"]
+
+
+def test_an_apiserver_outage_loses_no_request_and_moves_no_ip(kube: Client, lab_plan: LabPlan, seed: str) -> None:
+    """Issue 14: the control plane gone for 20 s changes nothing on the data path (a client on the
+    LAN every 10 ms), and the IP and its announcer are the same when it returns."""
+    before = kube.get(Service, "layer2-svc", namespace="default").metadata.annotations  # type: ignore[union-attr]
+    oks, fails = probe_during(lab_plan.client.netns, seed, 26, lambda: lab.restart("kube-apiserver", pause=20))
+    assert fails == 0 and oks > 1000, (oks, fails)
+    assert wait_ips(kube, "default", "layer2-svc", timeout=30) == [seed]
+    after = kube.get(Service, "layer2-svc", namespace="default").metadata.annotations  # type: ignore[union-attr]
+    key = "layer2.openelb.kubesphere.io/v1alpha1"
+    assert (after or {}).get(key) == (before or {}).get(key)
