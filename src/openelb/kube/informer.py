@@ -9,6 +9,7 @@ only *keys* through `on_change` and read objects from `store`: level-triggered b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Callable
@@ -102,7 +103,9 @@ class Informer(Generic[T]):
                     return
                 yield event, obj
         finally:
-            await iterator.aclose()
+            # Closing a stream whose client is gone may raise: never instead of a cancellation.
+            with contextlib.suppress(Exception):
+                await iterator.aclose()
 
     async def run(self) -> None:
         """Run until cancelled; never raises on API errors (they are logged and retried)."""
@@ -138,6 +141,12 @@ class Informer(Generic[T]):
                 except TimeoutError:
                     log.debug("%s informer: watch renewed", self.name)
                 except Exception as exc:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        # Cancelled while the stream failed (its client closed under it): the
+                        # error must not swallow the cancellation, or the process never exits
+                        # (found by the chaos soak: a fenced leader hung instead of stepping down).
+                        raise asyncio.CancelledError from exc
                     rv = None  # relist: 410 Gone (too old) or a failure that may have lost events
                     gone = isinstance(exc, ApiError) and exc.status.code == 410
                     if not gone:
