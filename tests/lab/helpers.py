@@ -346,3 +346,14 @@ def probe_during(netns: str, ip: str, seconds: float, action: Callable[[], objec
             proc.kill()
     got = json.loads(out)
     return len(got["oks"]), len(got["fails"])
+
+
+def apiserver_outage(kube: Client, controller: dict[str, Any], seconds: float) -> None:
+    """Stop the lab's apiserver for `seconds`, then bring back what its Deployment would: a
+    controller that lost its lease meanwhile exits (by design) and is started again here."""
+    lab.restart("kube-apiserver", pause=seconds)
+    time.sleep(1.0)
+    if not any(p.alive() for p in controller["procs"]):
+        controller["start"](f"ctl-after-outage-{uuid.uuid4().hex[:4]}")
+        workloads.poll("a controller leads again", lambda: lease_holder(kube) is not None, 60)
+    wait_webhook(kube)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from helpers import (
     SpeakerProcess,
+    apiserver_outage,
     apply_yaml,
     arping_macs,
     delete_eip,
@@ -401,11 +402,13 @@ def test_status_cli_reports_pools_services_announcer_and_pending(
     assert stuck["ips"] == [] and "203.0.113.99" in stuck["pending"]
 
 
-def test_an_apiserver_outage_loses_no_request_and_moves_no_ip(kube: Client, lab_plan: LabPlan, seed: str) -> None:
+def test_an_apiserver_outage_loses_no_request_and_moves_no_ip(
+    kube: Client, lab_plan: LabPlan, seed: str, controller: dict[str, Any]
+) -> None:
     """Issue 14: the control plane gone for 20 s changes nothing on the data path (a client on the
     LAN every 10 ms), and the IP and its announcer are the same when it returns."""
     before = kube.get(Service, "layer2-svc", namespace="default").metadata.annotations  # type: ignore[union-attr]
-    oks, fails = probe_during(lab_plan.client.netns, seed, 26, lambda: lab.restart("kube-apiserver", pause=20))
+    oks, fails = probe_during(lab_plan.client.netns, seed, 26, lambda: apiserver_outage(kube, controller, 20))
     assert fails == 0 and oks > 1000, (oks, fails)
     assert wait_ips(kube, "default", "layer2-svc", timeout=30) == [seed]
     after = kube.get(Service, "layer2-svc", namespace="default").metadata.annotations  # type: ignore[union-attr]
