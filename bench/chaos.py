@@ -309,11 +309,17 @@ def leader(kube: Client) -> str | None:
     return holder.split("_", 1)[0] if holder else None
 
 
+def _port(i: int, rnd: random.Random) -> int:
+    """Ports unique per Service (two choices each): sharing groups never conflict by the workload's
+    own doing, so a Service without an IP after settling is the controller's fault."""
+    return 1000 + i + 20000 * rnd.randrange(2)
+
+
 def service_body(i: int, rnd: random.Random) -> dict[str, Any]:
     ann = {names.ANNOTATION_LB: names.LB_VALUE, names.ANNOTATION_POOL: rnd.choice(list(POOLS))}
     if rnd.random() < 0.2:
         ann[names.ANNOTATION_SHARE_KEY] = f"k{rnd.randrange(10)}"
-    port = 80 + rnd.randrange(20)
+    port = _port(i, rnd)
     return {
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": f"svc-{i}", "namespace": NS, "annotations": ann},
@@ -431,7 +437,7 @@ def run(services: int, seconds: float, rate: float, kill_every: float, settle: f
                 stale_log_from = paused.log.stat().st_size
                 stale_replica = paused
                 paused, resumed_at = None, now
-            elif now >= next_kill and paused is None and current in replicas:
+            elif now >= next_kill and paused is None and current in replicas and now > (resumed_at or 0) + 10:
                 replicas[current].stop()
                 counts.kills += 1
                 next_kill = now + kill_every

@@ -190,3 +190,39 @@ def test_ip_finalizer_and_label_go_in_one_status_write_where_the_apiserver_allow
     asyncio.run(ctrl._write_service(svc, marks, status))
     assert api.calls[0] == ("ServiceStatus", {"status": status, "metadata": marks})
     assert api.calls[1:] == ([] if keeps_metadata else [("Service", {"metadata": marks})])
+
+
+def test_an_ip_restored_from_stale_records_is_dropped_when_the_service_cannot_keep_it() -> None:
+    """Chaos soak finding: a new leader restored `ns/b` from an Eip.status.used written before b
+    released it; b's request now conflicts (same share key, same port as a), so b gets no IP — and
+    the restored allocation stayed in the bookkeeping and in Eip.status for ever."""
+    from openelb.api import names
+    from openelb.controller import servicepolicy as sp
+
+    def svc(name: str, ip: str | None) -> Service:
+        return Service.from_dict({
+            "metadata": {"name": name, "namespace": "ns", "resourceVersion": "1", "annotations": {
+                names.ANNOTATION_LB: "openelb", names.ANNOTATION_POOL: "pool", names.ANNOTATION_SHARE_KEY: "k"}},
+            "spec": {"type": "LoadBalancer", "ports": [{"port": 93, "protocol": "TCP"}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": ip}] if ip else []}},
+        })  # fmt: skip
+
+    class Api:
+        async def patch(self, res: Any, name: str, body: dict[str, Any], **_: Any) -> Any:
+            return Service.from_dict({"metadata": {"name": name, "namespace": "ns", "resourceVersion": "2"}})
+
+    ctrl = IpamController(client=Api(), policy=Policy(), recorder=_Events())  # type: ignore[arg-type]
+    ctrl.eips.store["pool"] = _eip(1)
+    ctrl._sync_pools()
+    a, b = svc("a", "192.0.2.7"), svc("b", None)
+    ctrl.services.store.update({"ns/a": a, "ns/b": b})
+    ctrl.alloc.restore(sp.build_request(a, {}), sp.status_ips(a))
+    ctrl.alloc.restore(sp.build_request(b, {}), sp.status_ips(a))  # from the stale record
+    asyncio.run(ctrl.reconcile_service("ns/b"))
+    assert ctrl.alloc.get("ns/b") is None and "ns/b" in ctrl.pending
+    assert ctrl.alloc.get("ns/a") is not None  # a keeps what it shows
+
+
+class _Events:
+    def emit(self, *args: Any) -> None:
+        pass

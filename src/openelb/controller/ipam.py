@@ -232,6 +232,12 @@ class IpamController:
         except (sp.RequestError, AllocationError) as exc:
             log.info("cannot assign %s: %s", key, exc)
             self.pending.add(key)
+            if old is not None and not sp.status_ips(svc):
+                # Held only in the bookkeeping (restored from a stale Eip.status.used after a
+                # leader change), never shown by the Service: it cannot keep it, so neither may
+                # the Eip's status (found by the chaos soak: an IP recorded for a Service without one).
+                self.alloc.release(key)
+                self._touch(old)
             self.metrics.failures.inc()
             self.recorder.emit(_target(svc), "Warning", "AssignIPFailed", f"failed to assign ip: {exc}")
             # Whatever the Service held stays (status untouched): a bad edit never loses an IP.
