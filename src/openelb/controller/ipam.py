@@ -29,7 +29,7 @@ from openelb.controller.metrics import Metrics
 from openelb.ipam.allocator import Allocation, AllocationError, Allocator, Request
 from openelb.ipam.pools import accepted_pools
 from openelb.ipam.ranges import IPAddress, parse_ip
-from openelb.kube.events import EventRecorder, Target
+from openelb.kube.events import EventRecorder, Target, service_target
 from openelb.kube.informer import Informer
 from openelb.kube.resources import Eip
 from openelb.kube.workqueue import WorkQueue
@@ -239,7 +239,7 @@ class IpamController:
                 self.alloc.release(key)
                 self._touch(old)
             self.metrics.failures.inc()
-            self.recorder.emit(_target(svc), "Warning", "AssignIPFailed", f"failed to assign ip: {exc}")
+            self.recorder.emit(service_target(svc), "Warning", "AssignIPFailed", f"failed to assign ip: {exc}")
             # Whatever the Service held stays (status untouched): a bad edit never loses an IP.
             return
         self.pending.discard(key)
@@ -250,7 +250,7 @@ class IpamController:
         if old is None or old.ips != got.ips:
             log.info("assigned %s to %s from %s", _fmt(got.ips), key, ",".join(got.pools))
             self.metrics.allocations.inc()
-            self.recorder.emit(_target(svc), "Normal", "AssignIP", f"success to assign ip: {_fmt(got.ips)}")
+            self.recorder.emit(service_target(svc), "Normal", "AssignIP", f"success to assign ip: {_fmt(got.ips)}")
 
     def _touch(self, alloc: Allocation) -> None:
         """Schedule a status write for the pools of `alloc`, coalescing bursts: each write carries
@@ -322,7 +322,7 @@ class IpamController:
             self._touch(gone)
             self.metrics.releases.inc()
         if released and not self._namespace_terminating(svc):  # its Events could not be created anyway
-            self.recorder.emit(_target(svc), "Normal", "ReleaseIP", f"success to release ip: {_fmt(released)}")
+            self.recorder.emit(service_target(svc), "Normal", "ReleaseIP", f"success to release ip: {_fmt(released)}")
 
     # ---- eips --------------------------------------------------------------------------------
 
@@ -432,12 +432,6 @@ def _marks_applied(svc: Service, marks: dict[str, Any]) -> bool:
     if any(f not in finalizers for f in marks.get("finalizers") or ()):
         return False
     return not any(f in finalizers for f in marks.get("$deleteFromPrimitiveList/finalizers") or ())
-
-
-def _target(svc: Service) -> Target:
-    md = svc.metadata
-    assert md is not None
-    return Target("Service", md.name or "", md.namespace, md.uid)
 
 
 def _eip_target(obj: Any) -> Target:

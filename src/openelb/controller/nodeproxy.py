@@ -27,7 +27,7 @@ from lightkube.types import PatchType
 
 from openelb.api import names
 from openelb.controller import servicepolicy as sp
-from openelb.kube.events import EventRecorder, Target
+from openelb.kube.events import EventRecorder, service_target
 from openelb.kube.informer import Informer
 from openelb.kube.workqueue import WorkQueue
 from openelb.nodeproxy import workload as wl
@@ -38,12 +38,6 @@ KINDS: dict[str, type[Deployment] | type[DaemonSet]] = {"deployment": Deployment
 SVC, NODE = "svc/", "node/"
 STUCK_AFTER = 10.0
 """Seconds a proxy Pod may run unready before the Service gets a Warning Event."""
-
-
-def _target(svc: Service) -> Target:
-    md = svc.metadata
-    assert md is not None
-    return Target("Service", md.name or "", md.namespace, md.uid)
 
 
 def _pod_ready(pod: Pod) -> bool:
@@ -242,7 +236,7 @@ class NodeProxyController:
         mark = ",".join(sorted(n or "?" for n in stuck))
         if stuck and self._stuck.get(key) != mark:
             self.recorder.emit(
-                _target(svc), "Warning", "NodeProxyNotReady",
+                service_target(svc), "Warning", "NodeProxyNotReady",
                 f"the proxy on {mark} is not ready: a Service port is most likely taken on that node by another "
                 "program (see `kubectl -n " + self.namespace + " logs` of its Pod); that node is left out",
             )  # fmt: skip
@@ -344,5 +338,5 @@ class NodeProxyController:
     def _warn(self, svc: Service, key: str, reason: str, message: str) -> None:
         if self._warned.get(key) != reason:
             self._warned[key] = reason
-            self.recorder.emit(_target(svc), "Warning", reason, message)
+            self.recorder.emit(service_target(svc), "Warning", reason, message)
             log.warning("%s: %s", key, message)

@@ -19,7 +19,7 @@ from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 from lightkube.models.core_v1 import EventSource, ObjectReference
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Event
+from lightkube.resources.core_v1 import Event, Service
 from lightkube.types import PatchType
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,13 @@ class Target:
     namespace: str | None
     uid: str | None
     api_version: str = "v1"
+
+
+def service_target(svc: Service) -> Target:
+    """The Target of a Service's Events (the controller's reconcilers all write them)."""
+    md = svc.metadata
+    assert md is not None
+    return Target("Service", md.name or "", md.namespace, md.uid)
 
 
 class EventRecorder:
