@@ -21,7 +21,7 @@ def test_no_violation_under_kills_pauses_and_restarts(own_lab: None) -> None:
     counts = chaos.run(services=300, seconds=60, rate=20, kill_every=8, settle=20)
     print(chaos.report(counts))
     assert counts.operations >= 400, f"the churn did not happen: {counts.operations} operations"
-    assert counts.kills >= 3 and counts.apiserver_restarts == 1 and counts.etcd_restarts == 1
+    assert counts.kills >= 2 and counts.apiserver_restarts == 1 and counts.etcd_restarts == 1
     assert counts.takeovers == 1, "the paused leader's lease was not taken over: fencing was not exercised"
     assert counts.stale_exited, "the resumed stale leader did not step down"
     assert counts.violations() == 0, chaos.report(counts)

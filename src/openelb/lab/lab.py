@@ -330,7 +330,21 @@ def restart(component: str, pause: float = 0.0) -> float:
     elif component == "etcd":
         wait_for("etcd", lambda: _http_ok(f"http://127.0.0.1:{plan.ports.etcd_client}/health"), 30,
                  paths.state / "logs/etcd.log")  # fmt: skip
+    heal()
     return time.monotonic() - t0
+
+
+def heal() -> list[str]:
+    """Start again every lab daemon that has exited (kube-controller-manager gives up when the
+    apiserver is gone long enough; in a cluster the kubelet restarts it): what a supervisor does."""
+    paths = Paths(state_dir())
+    started = []
+    for d in processes.recorded(paths.state):
+        if d.name.startswith("pod-") or processes.is_running(d):
+            continue  # containers are the node agents' to restart
+        processes.start(paths.state, d.name, d.argv, program=d.program)
+        started.append(d.name)
+    return started
 
 
 def down(quiet: bool = False, keep_logs: bool = False) -> list[str]:
