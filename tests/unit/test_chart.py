@@ -136,3 +136,15 @@ def test_speaker_modes_follow_openelbs_chart_keys(helm: str) -> None:
     for variant in (args(), served, args("speaker.layer2=false", "speaker.vip=false")):
         opts, _notes = cli.speaker_options(cli.parser().parse_args(["speaker", "--node-name=n", *variant[1:]]))
         assert opts.secret_name == "openelb-memberlist"
+
+
+def test_controller_variants_are_what_the_daemon_accepts(helm: str) -> None:
+    """The chart's controller args, default and with `controller.webhookPort`, parse as the daemon's."""
+    from openelb import cli
+
+    for sets in ((), ("controller.webhookPort=8443",)):
+        (dep,) = [d for d in render(helm, *sets) if d["kind"] == "Deployment"]
+        args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+        opts, _notes = cli.controller_options(cli.parser().parse_args(args))
+        assert opts.webhook_addr.endswith(":8443" if sets else ":9443"), opts.webhook_addr
+        assert opts.memberlist_secret == "openelb-memberlist" and opts.node_proxy_image.startswith("docker.io/")
