@@ -382,14 +382,19 @@ async def serve(address: str, view: Callable[[], View]) -> grpc.aio.Server:
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 1 << 20)])
     api_grpc.add_GobgpApiServicer_to_server(Servicer(view), server)  # type: ignore[no-untyped-call]
     host, _, port = address.rpartition(":")
-    targets = [f"[::]:{port}"] if host in ("", "[::]", "0.0.0.0") else [f"{host}:{port}"]  # noqa: S104
-    for target in targets:
+    # Every address: `[::]` (dual-stack), or IPv4's where a node has IPv6 disabled.
+    every = host in ("", "[::]", "0.0.0.0")  # noqa: S104 - GoBGP's `:50051`, as configured
+    candidates = [f"[::]:{port}", f"0.0.0.0:{port}"] if every else [f"{host}:{port}"]
+    errors = []
+    for target in candidates:
         try:
-            bound = server.add_insecure_port(target)
+            if server.add_insecure_port(target):
+                break
+            errors.append(f"{target}: not bound")
         except RuntimeError as exc:
-            raise OSError(f"cannot listen on {target}: {exc}") from exc
-        if bound == 0:
-            raise OSError(f"cannot listen on {target}")
+            errors.append(f"{target}: {exc}")
+    else:
+        raise OSError(f"cannot listen on {', '.join(errors)}")
     await server.start()
-    log.info("GoBGP API (read-only) on %s", ", ".join(targets))
+    log.info("GoBGP API (read-only) on %s", target)
     return server
