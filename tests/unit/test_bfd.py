@@ -130,3 +130,23 @@ def test_a_forged_huge_required_min_rx_does_not_stall_sending() -> None:
             break
     assert first is not None and first - 2.15 <= 0.1 + 1e-9, first
     assert a.state == BfdState.UP
+
+
+def test_forged_packets_with_huge_timers_do_not_keep_a_clean_link_down_for_long() -> None:
+    """Found by the bfd_session fuzz target: a forged Down (Required Min RX 8.8 s) to one side and a
+    forged AdminDown (Detect Mult 255) to the other planted stale discriminators whose reset waited
+    for a Detection Time made of the forged values; on a clean link both stayed down for minutes."""
+    from openelb.protocols import bfd as b_
+
+    a = b_.BfdSession(1, 100_000, 100_000, 3, 0.0)
+    b = b_.BfdSession(2, 100_000, 100_000, 3, 0.0)
+    a.receive(b_.Packet(b_.BfdState.DOWN, 7, 0, 3_383_297, 8_816_288, 3), 0.05)
+    b.receive(b_.Packet(b_.BfdState.ADMIN_DOWN, 9, 0, 2**32 - 1, 1, 255), 0.11)
+    now, end = 0.11, 10.11
+    while now < end and not (a.state == b.state == b_.BfdState.UP):
+        now = min(a.next_deadline(), b.next_deadline(), end)
+        for me, peer in ((a, b), (b, a)):
+            pkt, _ = me.tick(now)
+            if pkt is not None:
+                peer.receive(b_.decode(pkt.encode()), now)
+    assert a.state == b.state == b_.BfdState.UP, (a.state, b.state, now)

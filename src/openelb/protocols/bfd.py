@@ -84,6 +84,10 @@ def decode(data: bytes) -> Packet:
 MIN_DOWN_RESET = 1.0
 """Seconds in Down before the remote discriminator is forgotten, at least (a forged packet may
 claim a Detect Mult of 0)."""
+MAX_DOWN_RESET = 3.0
+"""... and at most: the Detection Time comes from the remote's values, and a forged packet may
+claim a Detect Mult of 255 and 71-minute intervals, which kept both sides dropping each other's
+packets for hours (found by the bfd_session fuzz target)."""
 
 
 class BfdSession:
@@ -195,7 +199,7 @@ class BfdSession:
             self.state == BfdState.DOWN
             and self.remote_discr
             and self._down_since is not None
-            and now >= self._down_since + max(self.detect_time(), MIN_DOWN_RESET)
+            and now >= self._down_since + min(max(self.detect_time(), MIN_DOWN_RESET), MAX_DOWN_RESET)
         ):
             # RFC 5880 §6.8.1: Down for a Detection Time, forget the remote discriminator, so a
             # stale one (a forged AdminDown planted it) cannot keep both sides dropping each other.
