@@ -75,6 +75,7 @@ class NodeProxyController:
         """Service key → names of the nodes it was last published with (a node change re-publishes)."""
         self._warned: dict[str, str] = {}
         self._stuck: dict[str, str] = {}
+        self._node_addrs: dict[str, tuple[tuple[str, str], ...]] = {}
 
     # ---- triggers ----------------------------------------------------------------------------
 
@@ -158,8 +159,19 @@ class NodeProxyController:
                 except ApiError as exc:
                     if exc.status.code != 404:
                         raise
+        # Node status heartbeats arrive every few seconds from every node: only a change of the
+        # addresses this node publishes re-publishes the Services it serves (none else read them).
+        addrs = tuple(
+            sorted((a.type, a.address) for a in (node.status.addresses if node and node.status else None) or [])
+        )
+        if self._node_addrs.get(name) == addrs:
+            return
+        if node is None:
+            self._node_addrs.pop(name, None)
+        else:
+            self._node_addrs[name] = addrs
         for svc_key, nodes in self.serving.items():
-            if name in nodes or node is not None:
+            if name in nodes:
                 self.queue.add(SVC + svc_key)
 
     def _addresses(self) -> dict[str, dict[str, tuple[str, ...]]]:
