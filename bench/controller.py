@@ -6,7 +6,10 @@ Two phases in the same run, on the same apiserver:
   1. floor: Services of a foreign loadBalancerClass whose status the benchmark client patches
      itself right after creating them: the apiserver's own create -> status -> watch latency,
      i.e. the best any controller could do here;
-  2. openelb: annotated Services served by a real `openelb controller` process.
+  2. openelb: annotated Services served by a real `openelb controller` process;
+  3. with `--peer metallb`: the same Services (MetalLB's load-balancer class instead of the
+     annotation) served by MetalLB's controller, built from the Go module proxy on first use and
+     run out of cluster with its defaults (`bench/metallb.py`), after ours has stopped.
 Time to IP = from sending the create to seeing the ingress IP on a watch. `--rate` creates Services
 on a schedule (open loop: latency at a given load); without it they are created as fast as the
 apiserver takes them, `--concurrency` at a time (closed loop: the most it sustains). `--backlog`
@@ -42,11 +45,14 @@ from openelb.lab.components import Paths
 
 POOL = "198.18.128.0/17"
 RUN = os.urandom(3).hex()
-FLOOR_NS, OPENELB_NS = f"bench-floor-{RUN}", f"bench-openelb-{RUN}"
+FLOOR_NS, OPENELB_NS, PEER_NS = f"bench-floor-{RUN}", f"bench-openelb-{RUN}", f"bench-peer-{RUN}"
+PEER_POOLS = ["198.18.16.0/20", "198.18.32.0/19"]  # 12,288 addresses, outside every Eip of the lab
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+FLOOR_CLASS = "bench.invalid/floor"
 
 
-def service(name: str, ns: str, ours: bool) -> dict[str, Any]:
+def service(name: str, ns: str, ours: bool, lb_class: str = "") -> dict[str, Any]:
+    """Ours: OpenELB's annotation; otherwise a foreign class (the floor's, or the peer's)."""
     meta: dict[str, Any] = {"name": name, "namespace": ns}
     spec: dict[str, Any] = {
         "type": "LoadBalancer",
@@ -57,7 +63,7 @@ def service(name: str, ns: str, ours: bool) -> dict[str, Any]:
     if ours:
         meta["annotations"] = {"lb.kubesphere.io/v1alpha1": "openelb"}
     else:
-        spec["loadBalancerClass"] = "bench.invalid/floor"
+        spec["loadBalancerClass"] = lb_class or FLOOR_CLASS
     return {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": spec}
 
 
@@ -78,13 +84,26 @@ class Sampler:
                 return int(line.split()[1]) * 1024
         return 0
 
+    def usage(self, cpu0: float, t0: float) -> str:
+        """Peak RSS and CPU since (`cpu0`, `t0`), as the table prints it."""
+        cpu, wall = self.cpu_seconds() - cpu0, time.perf_counter() - t0
+        return (
+            f"peak RSS {self.peak_rss / 2**20:.0f} MiB, CPU {cpu:.1f} s over {wall:.1f} s "
+            f"({100 * cpu / wall:.0f}% of one core)"
+        )
+
     async def run(self) -> None:
         while True:
             self.peak_rss = max(self.peak_rss, self.rss())
             await asyncio.sleep(0.25)
 
 
-async def phase(client: AsyncClient, ns: str, count: int, args: argparse.Namespace, *, ours: bool) -> dict[str, float]:
+async def phase(
+    client: AsyncClient, ns: str, count: int, args: argparse.Namespace, *, ours: bool, lb_class: str = FLOOR_CLASS
+) -> dict[str, float]:
+    """Create `count` Services and time each one's IP; `ours` picks OpenELB's annotation, else
+    `lb_class` (the floor's class, whose status the benchmark client writes itself, or a peer's)."""
+    floor = not ours and lb_class == FLOOR_CLASS
     concurrency, rate = args.concurrency, args.rate
     sent: dict[str, float] = {}
     seen: dict[str, float] = {}
@@ -115,8 +134,8 @@ async def phase(client: AsyncClient, ns: str, count: int, args: argparse.Namespa
             await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
         async with sem:
             sent[name] = time.perf_counter()
-            await client.create(codecs.from_dict(service(name, ns, ours)))  # type: ignore[call-overload]
-            if not ours:  # the floor: the client itself plays the fastest possible controller
+            await client.create(codecs.from_dict(service(name, ns, ours, lb_class)))  # type: ignore[call-overload]
+            if floor:  # the floor: the client itself plays the fastest possible controller
                 await client.patch(
                     Service.Status,
                     name,
@@ -129,11 +148,12 @@ async def phase(client: AsyncClient, ns: str, count: int, args: argparse.Namespa
     t0 = start
     await asyncio.gather(*(create(i) for i in range(count)))
     created = time.perf_counter() - t0
-    await asyncio.wait_for(done.wait(), 600)
+    await asyncio.wait_for(done.wait(), 600 + count / 10)  # a peer at ~20 IPs/s needs count/20 s
     total = time.perf_counter() - t0
     watcher.cancel()
     if args.csv:
-        with Path(args.csv).with_suffix(f".{'openelb' if ours else 'floor'}.csv").open("w") as f:
+        label = "openelb" if ours else "floor" if floor else "peer"
+        with Path(args.csv).with_suffix(f".{label}.csv").open("w") as f:
             f.write("sent_s,ms\n")
             f.writelines(
                 f"{sent[n] - t0:.4f},{(seen[n] - sent[n]) * 1000:.2f}\n" for n in sorted(sent, key=lambda n: sent[n])
@@ -296,29 +316,17 @@ async def bench(args: argparse.Namespace, kubeconfig: Path, shared_lab: bool) ->
         print(f"[1/2] floor: {floor_n:,} Services, status patched by the client itself")
         results.append(("floor", await phase(client, FLOOR_NS, floor_n, args, ours=False)))
 
-    print(f"[2/2] openelb: {args.services:,} Services served by an openelb controller process")
+    steps = 3 if args.peer else 2
+    print(f"[2/{steps}] openelb: {args.services:,} Services served by an openelb controller process")
     proc, port = start_controller(kubeconfig)
     sampler = Sampler(proc.pid)
     sampling = asyncio.create_task(sampler.run())
+    usage: dict[str, str] = {}
     try:
         await wait_ready(proc, port)  # start-up (imports, cache sync) is not part of time-to-IP
         cpu0, t0 = sampler.cpu_seconds(), time.perf_counter()
         results.append(("openelb", await phase(client, OPENELB_NS, args.services, args, ours=True)))
-        cpu = sampler.cpu_seconds() - cpu0
-        wall = time.perf_counter() - t0
-        peak = sampler.peak_rss
-        print()
-        print(f"{'phase':10} {'services':>9} {'create/s':>9} {'IPs/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
-        for name, r in results:
-            print(
-                f"{name:10} {int(r['count']):>9,} {r['create_rate']:>9.0f} {r['throughput']:>8.0f} "
-                f"{r['p50']:>8.1f} {r['p99']:>8.1f} {r['max']:>8.1f}"
-            )
-        share = 100 * cpu / wall
-        print(
-            f"controller: peak RSS {peak / 2**20:.0f} MiB, CPU {cpu:.1f} s over {wall:.1f} s ({share:.0f}% of one core)"
-        )
-        print("targets: >= 500 Services/s sustained, p50 <= 50 ms, p99 <= 200 ms (issue 3)", flush=True)
+        usage["openelb"] = sampler.usage(cpu0, t0)
         if shared_lab:
             release = await release_all(sync, args.services, port)
             if release:
@@ -327,7 +335,73 @@ async def bench(args: argparse.Namespace, kubeconfig: Path, shared_lab: bool) ->
         sampling.cancel()
         proc.terminate()
         proc.wait(15)
+    if args.peer == "metallb":
+        print(f"[3/3] metallb: {args.services:,} Services served by MetalLB's controller (its defaults)")
+        results.append(("metallb", await metallb_phase(client, sync, kubeconfig, args, usage)))
+    print()
+    print(f"{'phase':10} {'services':>9} {'create/s':>9} {'IPs/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    for name, r in results:
+        print(
+            f"{name:10} {int(r['count']):>9,} {r['create_rate']:>9.0f} {r['throughput']:>8.0f} "
+            f"{r['p50']:>8.1f} {r['p99']:>8.1f} {r['max']:>8.1f}"
+        )
+    for name, line in usage.items():
+        print(f"{name} controller: {line}")
+    by_name = dict(results)
+    if "metallb" in by_name:
+        o, m = by_name["openelb"], by_name["metallb"]
+        print(
+            f"openelb vs metallb: {o['throughput'] / m['throughput']:.1f}x the IPs/s, "
+            f"p50 {m['p50'] / o['p50']:.1f}x and p99 {m['p99'] / o['p99']:.1f}x lower"
+        )
+    print("targets: >= 500 Services/s sustained, p50 <= 50 ms, p99 <= 200 ms (issue 3)", flush=True)
     await client.close()
+
+
+async def metallb_phase(
+    client: AsyncClient, sync: Any, kubeconfig: Path, args: argparse.Namespace, usage: dict[str, str]
+) -> dict[str, float]:
+    """The same workload against MetalLB's controller alone (no speakers: time to IP is the
+    controller's), then MetalLB and its namespace removed."""
+    from metallb import LB_CLASS, MetalLB  # noqa: PLC0415 - bench-only, built on demand
+
+    if args.services > 12_288:
+        raise SystemExit("--peer metallb: at most 12,288 Services (the size of its lab pools)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    plan = lab.load_plan(Paths(lab.state_dir()))
+    assert plan is not None
+    workloads.ensure_namespace(sync, PEER_NS)
+    try:
+        with MetalLB(sync, plan, kubeconfig, PEER_POOLS, speakers=False, controller_port=port) as mlb:
+            assert mlb.controller is not None
+            await wait_metric(port, "metallb_allocator_addresses_total", 60)
+            sampler = Sampler(mlb.controller.pid)
+            sampling = asyncio.create_task(sampler.run())
+            cpu0, t0 = sampler.cpu_seconds(), time.perf_counter()
+            try:
+                result = await phase(client, PEER_NS, args.services, args, ours=False, lb_class=LB_CLASS)
+            finally:
+                sampling.cancel()
+            usage["metallb"] = sampler.usage(cpu0, t0)
+    finally:
+        workloads.delete_namespace(sync, PEER_NS)
+    return result
+
+
+async def wait_metric(port: int, prefix: str, within: float) -> None:
+    """Until a /metrics line starts with `prefix` (MetalLB's controller has loaded its pools)."""
+    t0 = time.perf_counter()
+    async with aiohttp.ClientSession() as http:
+        while time.perf_counter() - t0 < within:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                    if any(line.startswith(prefix) for line in (await resp.text()).splitlines()):
+                        print(f"  peer controller ready after {time.perf_counter() - t0:.1f} s")
+                        return
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"no {prefix} on :{port} after {within:.0f} s; see /tmp/openelb-bench-metallb/controller.log")
 
 
 def _eip() -> dict[str, Any]:
@@ -350,6 +424,9 @@ def main() -> None:
     parser.add_argument(
         "--backlog", action="store_true", help="create the Services first, then start the controller on them all"
     )
+    parser.add_argument(
+        "--peer", choices=["metallb"], help="also serve the same Services with this peer's controller, after ours"
+    )
     parser.add_argument("--csv", help="write each Service's send time and time to IP to PATH.<phase>.csv")
     args = parser.parse_args()
     paths = Paths(lab.state_dir())
@@ -365,7 +442,7 @@ def main() -> None:
             lab.down()
         else:
             sync = sync_client(paths.kubeconfig("admin"))
-            for ns in (FLOOR_NS, OPENELB_NS):
+            for ns in (FLOOR_NS, OPENELB_NS, PEER_NS):
                 workloads.delete_namespace(sync, ns)
 
 

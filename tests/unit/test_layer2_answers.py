@@ -63,3 +63,39 @@ def test_ns_off_link_or_for_others_or_garbage() -> None:
     na = ndp.build_na(ndp.NeighborAdvertisement(ipaddress.IPv6Address("2001:db8::200"), CLIENT, solicited=False))
     assert ndp_answer(na, 255, CLIENT6, OWNED6, MAC) is None
     assert ndp_answer(b"\x87\x00", 255, CLIENT6, OWNED6, MAC) == MALFORMED
+
+
+class _FlappingSocket:
+    """A packet socket whose link went down: one receive fails with ENETDOWN (the kernel reports
+    the error once), later receives deliver frames again."""
+
+    def __init__(self, *results: object) -> None:
+        self.results = list(results)
+        self.sent: list[bytes] = []
+
+    def recvfrom(self, _size: int) -> tuple[bytes, tuple[str, int, int]]:
+        result = self.results.pop(0) if self.results else BlockingIOError()
+        if isinstance(result, BaseException):
+            raise result
+        assert isinstance(result, bytes)
+        return result, ("eth0", 0x0806, 0)
+
+    def send(self, frame: bytes) -> int:
+        self.sent.append(frame)
+        return len(frame)
+
+
+def test_a_receive_error_is_counted_and_the_responder_answers_after_it() -> None:
+    import errno
+
+    from openelb.speaker import layer2
+
+    responder = object.__new__(layer2.ArpResponder)
+    responder.ifname, responder.mac, responder.owned = "eth0", MAC, set(OWNED4)
+    sock = _FlappingSocket(OSError(errno.ENETDOWN, "Network is down"), request("198.18.0.200"))
+    responder.sock = sock  # type: ignore[assignment]
+    before = layer2.stats["receive_errors"]
+    responder._readable()  # would raise out of the loop's reader callback before the fix
+    assert layer2.stats["receive_errors"] == before + 1 and not sock.sent
+    responder._readable()  # the link is back: the same socket answers
+    assert len(sock.sent) == 1 and arp.parse(sock.sent[0]).op == arp.OP_REPLY

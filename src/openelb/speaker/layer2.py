@@ -71,6 +71,20 @@ def ndp_answer(
     return ndp.NeighborAdvertisement(msg.target, mac, solicited=True), source
 
 
+_last_receive_error: dict[str, int | None] = {}
+
+
+def receive_failed(ifname: str, exc: OSError) -> None:
+    """A socket error from a receive (ENETDOWN while the link is down, reported once per socket
+    by the kernel) is counted, logged when it differs from the last one on that interface, and
+    the responder keeps its socket: once the link is back, frames arrive again. Raising out of
+    the reader callback would only print a traceback per link flap."""
+    stats["receive_errors"] += 1
+    if _last_receive_error.get(ifname) != exc.errno:
+        _last_receive_error[ifname] = exc.errno
+        log.warning("receive on %s failed: %s; still listening", ifname, exc)
+
+
 def mac_of(ifname: str) -> bytes:
     return arp.mac_from_str(Path(f"/sys/class/net/{ifname}/address").read_text().strip())
 
@@ -91,6 +105,9 @@ class ArpResponder:
             try:
                 frame, addr = self.sock.recvfrom(2048)
             except BlockingIOError:
+                return
+            except OSError as exc:
+                receive_failed(self.ifname, exc)
                 return
             if addr[2] == PACKET_OUTGOING:
                 continue
@@ -155,6 +172,9 @@ class NdpResponder:
             try:
                 data, anc, _flags, addr = self.sock.recvmsg(2048, socket.CMSG_SPACE(4))
             except BlockingIOError:
+                return
+            except OSError as exc:
+                receive_failed(self.ifname, exc)
                 return
             hop = next(
                 (

@@ -18,6 +18,7 @@ LAYER2_COUNTERS = (
     ("responses_sent", "ARP replies and Neighbor Advertisements sent"),
     ("gratuitous_sent", "gratuitous ARP and unsolicited NA packets sent"),
     ("malformed", "frames dropped as malformed or off-link"),
+    ("receive_errors", "socket errors on receive (e.g. the link went down); the responder keeps listening"),
 )
 
 
