@@ -104,8 +104,8 @@ def arp_owners(client_ns: str, ip: str, macs: dict[str, str]) -> set[str]:
 
 
 def outage(probed: dict[str, list[float]], injected: float) -> float:
-    """The outage of one failure (ms): from the last successful probe before it was injected to
-    the first successful probe after; infinite when none succeeded inside the prober's window.
+    """The outage of one failure (ms): from the last successful probe started before it was in
+    place to the first successful probe started after; infinite when none succeeded inside the prober's window.
     Failures after that first success are left out: with a Pod behind the cut node (and no
     node-lifecycle controller in the lab to drop it) a share of later probes fails whatever the
     load balancer does."""
@@ -255,7 +255,6 @@ def failover_runs(
             text=True,
         )
         time.sleep(1.0)
-        injected = time.monotonic()  # CLOCK_MONOTONIC: the same clock as the prober's in its namespace
         try:
             if kind in ("sigkill", "power-off", "graceful"):
                 pid = pid_of(owner)
@@ -263,6 +262,9 @@ def failover_runs(
                     os.kill(pid, signal.SIGTERM if kind == "graceful" else signal.SIGKILL)
             if kind in ("link-down", "power-off"):
                 topology.set_node_link(plan, node, up=False)
+            # Taken once the failure is in place (CLOCK_MONOTONIC: the prober's clock too): a probe
+            # started after it cannot have used the failed path.
+            injected = time.monotonic()
             probed, _ = prober.communicate(timeout=PROBE_MAX + 30)
         finally:  # also when the run is interrupted: a node left cut off would skew every later run
             if kind in ("link-down", "power-off"):
