@@ -11,6 +11,9 @@ RUN pip install --no-cache-dir uv
 WORKDIR /app
 # Dependencies first (cached layer), exactly as locked, without the dev group.
 COPY pyproject.toml uv.lock README.md ./
+# The lab is a workspace member (dev group only): uv needs its pyproject to read the workspace,
+# and installs none of it here.
+COPY lab/pyproject.toml ./lab/
 RUN uv sync --frozen --no-dev --no-install-project
 COPY src ./src
 RUN uv sync --frozen --no-dev --no-editable

@@ -15,8 +15,8 @@ import ipaddress
 import time
 from pathlib import Path
 
+from openelb.api.ranges import parse_range
 from openelb.ipam.allocator import Allocator, Pool, Request
-from openelb.ipam.ranges import parse_range
 
 
 def ours(cidr: str, count: int, family: int) -> tuple[float, float]:

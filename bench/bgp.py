@@ -10,7 +10,7 @@ Baseline in the same run: ExaBGP 5 (the Python BGP daemon) announcing and withdr
 routes through its API in bulk (500 prefixes per command). Also printed: the speaker's RSS with the
 routes announced. Target: <= 0.5 s each way.
 
-`failover`: the lab with OpenELB installed (`openelb lab demo`): BIRD in the router namespace routes
+`failover`: the lab with OpenELB installed (`openelb-lab demo`): BIRD in the router namespace routes
 the BGP Service over every node (ECMP, flows hashed on ports). A prober on the `remote` host opens
 a new connection every 10 ms; a node's link is cut, and the outage is the time from the cut until
 the last failed probe. With BFD 100 ms x 3 (target p99 <= 0.5 s), then without BFD, where the
@@ -33,15 +33,15 @@ from pathlib import Path
 
 from lightkube.resources.core_v1 import Pod
 from lightkube.types import PatchType
-from report import print_outages
 
 from openelb.kube.client import sync_client
 from openelb.kube.resources import BgpPeer
-from openelb.lab import lab, router, topology, workloads
-from openelb.lab.components import Paths
 from openelb.protocols.bgp.session import parse_prefix
 from openelb.speaker.bgp import config as cfgmod
 from openelb.speaker.bgp.backend import InProcessBackend
+from openelb_lab import lab, router, topology, workloads
+from openelb_lab.components import Paths
+from report import print_outages
 
 SPK, RTR = "obench-spk", "obench-rtr"
 SPK_IP, RTR_IP = "192.0.2.1", "192.0.2.2"
@@ -272,7 +272,7 @@ def failover(runs: int, runs_without_bfd: int) -> None:
     paths = Paths(lab.state_dir())
     plan = lab.load_plan(paths)
     if plan is None or not lab.is_healthy(paths):
-        sys.exit("the lab is not up with OpenELB: run scripts/demo (or openelb lab up && openelb lab demo)")
+        sys.exit("the lab is not up with OpenELB: run scripts/demo (or openelb-lab up && openelb-lab demo)")
     client = sync_client(paths.kubeconfig("admin"), field_manager="openelb-bench")
     ip = workloads.external_ip(client, "default", "bgp-svc")
     hops = {str(n.lan_v4) for n in plan.nodes}

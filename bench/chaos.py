@@ -46,8 +46,8 @@ from lightkube.resources.core_v1 import Service
 from openelb.api import crds, names
 from openelb.kube.client import sync_client
 from openelb.kube.resources import Eip
-from openelb.lab import lab, workloads
-from openelb.lab.components import Paths
+from openelb_lab import lab, workloads
+from openelb_lab.components import Paths
 
 NS = "chaos"
 CTL_NS = "chaos-system"

@@ -40,8 +40,8 @@ from lightkube.types import PatchType
 
 from openelb.api import crds
 from openelb.kube.client import async_client, sync_client
-from openelb.lab import lab, workloads
-from openelb.lab.components import Paths
+from openelb_lab import lab, workloads
+from openelb_lab.components import Paths
 
 POOL = "198.18.128.0/17"
 RUN = os.urandom(3).hex()

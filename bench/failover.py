@@ -3,7 +3,7 @@ node answering for an IP fails.
 
     sudo .venv/bin/python bench/failover.py [--runs 20] [--modes layer2,vip]
 
-Uses the lab with OpenELB installed by `openelb lab demo` (or installs it): the seed's
+Uses the lab with OpenELB installed by `openelb-lab demo` (or installs it): the seed's
 `layer2-svc` and `vip-svc`. A prober in the client namespace opens a new TCP connection and sends
 an HTTP GET every 10 ms; for each failure kind the answering node (Layer2 owner, VRRP master) is
 hit while probing, and the outage is the gap from the last success before the failure to the
@@ -42,13 +42,13 @@ import yaml
 from lightkube.core.exceptions import ApiError
 from lightkube.resources.apps_v1 import DaemonSet
 from lightkube.resources.core_v1 import Service
-from report import print_comparison, print_outages
 
 from openelb.api import names
 from openelb.kube.client import sync_client
-from openelb.lab import install, lab, netns, topology, workloads
-from openelb.lab.components import Paths
-from openelb.lab.plan import LabPlan
+from openelb_lab import install, lab, netns, topology, workloads
+from openelb_lab.components import Paths
+from openelb_lab.plan import LabPlan
+from report import print_comparison, print_outages
 
 PROBER = str(Path(__file__).with_name("prober.py"))
 PROBE_MIN, PROBE_MAX = 3.0, 30.0  # seconds: the prober's window, stretched while the Service fails

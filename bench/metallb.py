@@ -43,8 +43,8 @@ from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 from lightkube.resources.core_v1 import Namespace, Pod
 from lightkube.types import PatchType
 
-from openelb.lab import netns, workloads
-from openelb.lab.plan import LabPlan, NodePlan
+from openelb_lab import netns, workloads
+from openelb_lab.plan import LabPlan, NodePlan
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = "metallb-system"

@@ -44,9 +44,9 @@ from lightkube.types import PatchType
 
 from openelb.api import crds, names
 from openelb.kube.client import async_client, sync_client
-from openelb.lab import lab, workloads
-from openelb.lab.components import Paths
-from openelb.lab.plan import LabPlan
+from openelb_lab import lab, workloads
+from openelb_lab.components import Paths
+from openelb_lab.plan import LabPlan
 
 NS = "scale"
 L2_POOL, BGP_POOL = "198.18.32.0/19", "198.18.16.0/20"  # beside the LAN and the pod networks

@@ -27,11 +27,11 @@ import subprocess
 import time
 
 from lightkube.resources.core_v1 import Service
-from speaker_scale import NS, Speaker, _Client, arp_macs, in_netns, say, scrape, service_body, start_controller
 
 from openelb.kube.client import sync_client
-from openelb.lab import lab, workloads
-from openelb.lab.components import Paths
+from openelb_lab import lab, workloads
+from openelb_lab.components import Paths
+from speaker_scale import NS, Speaker, _Client, arp_macs, in_netns, say, scrape, service_body, start_controller
 
 POOL = "198.18.128.0/18"
 PREFIX = "198.18."

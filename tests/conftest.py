@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from openelb.lab import binaries, lab
-from openelb.lab.components import Paths
-from openelb.lab.plan import LabPlan
+from openelb_lab import binaries, lab
+from openelb_lab.components import Paths
+from openelb_lab.plan import LabPlan
 
 
 def _lab_capability() -> str | None:

@@ -3,39 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from openelb import __version__, goflags
-
-
-def _lab_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    lab = sub.add_parser("lab", help="a local Kubernetes lab: control plane + emulated nodes in netns")
-    cmds = lab.add_subparsers(dest="lab_cmd", required=True)
-    up = cmds.add_parser("up", help="start the lab (idempotent)")
-    up.add_argument("--nodes", type=int, default=3, help="number of emulated nodes (default 3)")
-    up.add_argument("--proxy-mode", choices=("nftables", "iptables"), default="nftables")
-    up.add_argument(
-        "--full-nodes", type=int, default=3,
-        help="nodes beyond this many are light: Node + namespace on the LAN + agent, no kube-proxy, no Pods",
-    )  # fmt: skip
-    cmds.add_parser("down", help="stop and remove everything the lab created")
-    st = cmds.add_parser("status", help="show components and nodes")
-    st.add_argument("-o", "--output", choices=("text", "json"), default="text")
-    cmds.add_parser("kubeconfig", help="print the path of the admin kubeconfig")
-    ex = cmds.add_parser("exec", help="run a command in a lab host's namespace: exec HOST -- CMD...")
-    ex.add_argument("host", help="node-N, client, router or remote")
-    ex.add_argument("argv", nargs=argparse.REMAINDER)
-    demo = cmds.add_parser(
-        "demo",
-        help="the seed walkthrough: NodePort check, OpenELB from deploy/openelb.yaml, Layer2 and BGP, ping, curl",
-    )
-    demo.add_argument("--namespace", default="demo", help="namespace of the NodePort check")
-    agent = cmds.add_parser("agent", help=argparse.SUPPRESS)
-    agent.add_argument("--node", required=True)
 
 
 def _openelb_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -223,44 +196,10 @@ def _run_speaker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_lab(args: argparse.Namespace) -> int:
-    from openelb.lab import lab
-
-    cmd = args.lab_cmd
-    if cmd == "up":
-        lab.up(args.nodes, args.proxy_mode, full_nodes=args.full_nodes)
-    elif cmd == "down":
-        lab.down()
-    elif cmd == "status":
-        st = lab.status()
-        if args.output == "json":
-            print(json.dumps(st, indent=2))
-        else:
-            print(lab.format_status(st))
-        return 0 if st.get("up") else 3
-    elif cmd == "kubeconfig":
-        from openelb.lab.components import Paths
-
-        print(Paths(lab.state_dir()).kubeconfig("admin"))
-    elif cmd == "exec":
-        argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
-        lab.exec_in(args.host, argv)
-    elif cmd == "demo":
-        from openelb.lab import demo
-
-        return demo.run(args.namespace)
-    elif cmd == "agent":
-        from openelb.lab import agent
-
-        agent.main(lab.state_dir(), args.node)
-    return 0
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="openelb", description="OpenELB: load balancer IPs for bare-metal Kubernetes")
     p.add_argument("--version", action="version", version=f"openelb {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    _lab_parser(sub)
     _openelb_parsers(sub)
     return p
 
@@ -271,10 +210,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         from openelb.nodeproxy import forward
 
         sys.exit(forward.main(argv[1:]))
+    if argv[:1] == ["lab"]:
+        sys.exit("openelb: the lab is its own command now (package openelb-lab): openelb-lab " + " ".join(argv[1:]))
     args = parser().parse_args(argv)
     try:
-        if args.command == "lab":
-            sys.exit(_run_lab(args))
         if args.command == "controller":
             sys.exit(_run_controller(args))
         if args.command == "speaker":
@@ -293,15 +232,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(render(), end="")
     except KeyboardInterrupt:
         sys.exit(130)
-    except Exception as exc:
-        from openelb.lab.binaries import MissingBinaries
-        from openelb.lab.lab import LabError
-        from openelb.lab.netns import LabCommandError
-
-        if isinstance(exc, LabError | MissingBinaries | LabCommandError | KeyError):
-            print(f"openelb: error: {exc}", file=sys.stderr)
-            sys.exit(2)
-        raise
+    except KeyError as exc:
+        print(f"openelb: error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _go_version(name: str) -> bool:

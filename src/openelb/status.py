@@ -20,9 +20,10 @@ from lightkube.resources.discovery_v1 import EndpointSlice
 
 from openelb.api import names
 from openelb.api.eip import EipView
-from openelb.controller.servicepolicy import Policy, is_ours, status_ips
+from openelb.api.ingress import ingress_ips
+from openelb.api.ranges import AddressError, parse_range
+from openelb.controller.servicepolicy import Policy, is_ours
 from openelb.ipam.pools import PoolModel
-from openelb.ipam.ranges import AddressError, parse_range
 from openelb.kube.resources import BgpPeer, Eip
 from openelb.speaker import desired, inputs
 
@@ -105,7 +106,7 @@ def collect(client: Client, policy: Policy | None = None) -> Snapshot:
         md = svc.metadata
         if md is None or not (is_ours(svc, policy) or names.LABEL_POOL in (md.labels or {})):
             continue
-        ips = [str(ip) for ip in status_ips(svc)]
+        ips = [str(ip) for ip in ingress_ips(svc)]
         pools = [p for p in (model.pool_of(ip) for ip in ips) if p is not None]
         pool = pools[0].name if pools else (md.labels or {}).get(names.LABEL_POOL, "")
         mode = pools[0].protocol if pools else ""

@@ -14,9 +14,9 @@ from lightkube.resources.core_v1 import Service
 from openelb.api import crds
 from openelb.controller.webhook import webhook_configuration
 from openelb.kube.resources import Eip
-from openelb.lab import lab, workloads
-from openelb.lab.components import Paths
-from openelb.lab.plan import LabPlan
+from openelb_lab import lab, workloads
+from openelb_lab.components import Paths
+from openelb_lab.plan import LabPlan
 
 
 @pytest.fixture(scope="session")

@@ -21,9 +21,9 @@ from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.core_v1 import Service
 
 from openelb.kube.resources import Eip
-from openelb.lab import lab, workloads
-from openelb.lab.components import Paths
-from openelb.lab.plan import LabPlan
+from openelb_lab import lab, workloads
+from openelb_lab.components import Paths
+from openelb_lab.plan import LabPlan
 
 NS = "openelb-system"
 HERE = Path(__file__).parent

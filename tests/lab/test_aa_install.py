@@ -29,9 +29,9 @@ from lightkube.types import PatchType
 
 from openelb.api import names
 from openelb.kube.resources import Eip
-from openelb.lab import binaries, install, lab, workloads
-from openelb.lab.components import Paths
-from openelb.lab.plan import LabPlan
+from openelb_lab import binaries, install, lab, workloads
+from openelb_lab.components import Paths
+from openelb_lab.plan import LabPlan
 
 pytestmark = [pytest.mark.root, pytest.mark.k8s_lab]
 REPO = Path(__file__).resolve().parents[2]

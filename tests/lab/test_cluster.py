@@ -12,9 +12,9 @@ import pytest
 from lightkube import Client
 from lightkube.resources.core_v1 import Node, Pod
 
-from openelb.lab import binaries, lab, netns, podnet, workloads
-from openelb.lab.components import Paths
-from openelb.lab.plan import LabPlan
+from openelb_lab import binaries, lab, netns, podnet, workloads
+from openelb_lab.components import Paths
+from openelb_lab.plan import LabPlan
 
 pytestmark = [pytest.mark.root, pytest.mark.k8s_lab]
 
@@ -145,7 +145,7 @@ def test_a_pod_address_is_reusable_while_the_old_namespace_lingers(lab_plan: Lab
 
 def test_lab_exec_and_status(lab_plan: LabPlan) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "openelb", "lab", "exec", "client", "--", "ip", "-o", "addr", "show", "dev", "eth0"],
+        [sys.executable, "-m", "openelb_lab", "exec", "client", "--", "ip", "-o", "addr", "show", "dev", "eth0"],
         capture_output=True,
         text=True,
         check=True,

@@ -34,9 +34,9 @@ from lightkube.types import PatchType
 from openelb.controller.ipam import EIP_STATUS_DELAY
 from openelb.controller.webhook import webhook_configuration
 from openelb.kube.resources import Eip
-from openelb.lab import lab, workloads
-from openelb.lab.components import Paths
-from openelb.lab.plan import LabPlan
+from openelb_lab import lab, workloads
+from openelb_lab.components import Paths
+from openelb_lab.plan import LabPlan
 
 pytestmark = [pytest.mark.root, pytest.mark.k8s_lab, pytest.mark.usefixtures("controller")]
 

@@ -24,8 +24,8 @@ from lightkube.types import PatchType
 
 from openelb.controller.webhook import webhook_configuration
 from openelb.kube.resources import Eip
-from openelb.lab import workloads
-from openelb.lab.plan import LabPlan
+from openelb_lab import workloads
+from openelb_lab.plan import LabPlan
 
 pytestmark = [pytest.mark.root, pytest.mark.k8s_lab]
 

@@ -19,8 +19,8 @@ from lightkube.types import PatchType
 
 from openelb.api import names
 from openelb.kube.memberlist import fingerprint
-from openelb.lab import workloads
-from openelb.lab.plan import LabPlan
+from openelb_lab import workloads
+from openelb_lab.plan import LabPlan
 
 pytestmark = [pytest.mark.root, pytest.mark.k8s_lab]
 SECRET = "hb-rotation-test"

@@ -20,9 +20,9 @@ from lightkube.resources.core_v1 import Node, Pod, Service
 from lightkube.types import PatchType
 
 from openelb.api import names
-from openelb.lab import workloads
-from openelb.lab.plan import LabPlan
 from openelb.nodeproxy.workload import workload_name
+from openelb_lab import workloads
+from openelb_lab.plan import LabPlan
 
 pytestmark = [pytest.mark.root, pytest.mark.k8s_lab]
 REPO = Path(__file__).resolve().parents[2]

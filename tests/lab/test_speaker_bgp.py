@@ -35,9 +35,9 @@ from lightkube.types import PatchType
 
 from openelb import status
 from openelb.kube.resources import BgpConf, BgpPeer
-from openelb.lab import lab, router, workloads
-from openelb.lab.components import Paths
-from openelb.lab.plan import LabPlan
+from openelb_lab import lab, router, workloads
+from openelb_lab.components import Paths
+from openelb_lab.plan import LabPlan
 
 pytestmark = [pytest.mark.root, pytest.mark.k8s_lab]
 REPO = Path(__file__).resolve().parents[2]

@@ -33,9 +33,9 @@ from lightkube import Client
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import ConfigMap, Pod, Service
 
-from openelb.lab import lab, topology, workloads
-from openelb.lab.components import Paths
-from openelb.lab.plan import LabPlan
+from openelb_lab import lab, topology, workloads
+from openelb_lab.components import Paths
+from openelb_lab.plan import LabPlan
 
 pytestmark = [pytest.mark.root, pytest.mark.k8s_lab]
 

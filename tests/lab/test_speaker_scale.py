@@ -22,9 +22,9 @@ from lightkube.resources.core_v1 import Namespace, Service
 
 from openelb.api import names
 from openelb.kube.client import async_client
-from openelb.lab import lab, workloads
-from openelb.lab.components import Paths
-from openelb.lab.plan import LabPlan
+from openelb_lab import lab, workloads
+from openelb_lab.components import Paths
+from openelb_lab.plan import LabPlan
 
 pytestmark = [pytest.mark.root, pytest.mark.k8s_lab]
 

@@ -36,9 +36,9 @@ from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import Pod, Service
 
 from openelb.api import names
-from openelb.lab import lab, topology, workloads
-from openelb.lab.components import Paths
-from openelb.lab.plan import LabPlan
+from openelb_lab import lab, topology, workloads
+from openelb_lab.components import Paths
+from openelb_lab.plan import LabPlan
 
 pytestmark = [pytest.mark.root, pytest.mark.k8s_lab]
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from openelb.lab import lab, netns, processes
-from openelb.lab.components import Paths
-from openelb.lab.plan import LabPlan
+from openelb_lab import lab, netns, processes
+from openelb_lab.components import Paths
+from openelb_lab.plan import LabPlan
 
 pytestmark = [pytest.mark.root, pytest.mark.k8s_lab]
 
@@ -35,8 +35,8 @@ PATTERN = "|".join(
         "kube-controller-manager",
         "kube-scheduler",
         "kube-proxy",
-        "openelb lab agent",
-        "openelb.lab.podserver",
+        "openelb_lab agent",
+        "openelb_lab.podserver",
         "etcd --name=openelb-lab",
     )
 )

@@ -7,10 +7,10 @@ import threading
 import time
 from pathlib import Path
 
-from openelb.lab import containers, podnet, processes
-from openelb.lab.agent import NodeAgent
-from openelb.lab.components import Paths
-from openelb.lab.plan import make_plan
+from openelb_lab import containers, podnet, processes
+from openelb_lab.agent import NodeAgent
+from openelb_lab.components import Paths
+from openelb_lab.plan import make_plan
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 

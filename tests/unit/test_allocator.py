@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from openelb.api.ranges import parse_range
 from openelb.ipam.allocator import AllocationError, Allocator, Pool, Port, Request
-from openelb.ipam.ranges import parse_range
 
 ip = ipaddress.ip_address
 V4 = "192.168.1.0/24"

@@ -1,8 +1,8 @@
 from pathlib import Path
 
-from openelb.lab import components
-from openelb.lab.components import Paths
-from openelb.lab.plan import make_plan
+from openelb_lab import components
+from openelb_lab.components import Paths
+from openelb_lab.plan import make_plan
 
 BINS = Path("/opt/k8s")
 PATHS = Paths(Path("/run/openelb-lab"))

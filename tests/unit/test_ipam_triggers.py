@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from lightkube.resources.core_v1 import Service
 
+from openelb.api.ingress import ingress_ips
 from openelb.controller import ipam
 from openelb.controller.ipam import IpamController
 from openelb.controller.servicepolicy import Policy
@@ -216,8 +217,8 @@ def test_an_ip_restored_from_stale_records_is_dropped_when_the_service_cannot_ke
     ctrl._sync_pools()
     a, b = svc("a", "192.0.2.7"), svc("b", None)
     ctrl.services.store.update({"ns/a": a, "ns/b": b})
-    ctrl.alloc.restore(sp.build_request(a, {}), sp.status_ips(a))
-    ctrl.alloc.restore(sp.build_request(b, {}), sp.status_ips(a))  # from the stale record
+    ctrl.alloc.restore(sp.build_request(a, {}), ingress_ips(a))
+    ctrl.alloc.restore(sp.build_request(b, {}), ingress_ips(a))  # from the stale record
     asyncio.run(ctrl.reconcile_service("ns/b"))
     assert ctrl.alloc.get("ns/b") is None and "ns/b" in ctrl.pending
     assert ctrl.alloc.get("ns/a") is not None  # a keeps what it shows

@@ -2,7 +2,7 @@ import ipaddress
 
 import pytest
 
-from openelb.lab.plan import (
+from openelb_lab.plan import (
     CLUSTER_CIDR_V4,
     CLUSTER_CIDR_V6,
     LAN_V4,

@@ -2,7 +2,7 @@ import sys
 import time
 from pathlib import Path
 
-from openelb.lab import processes
+from openelb_lab import processes
 
 
 def test_start_records_and_stop_kills_the_process_group(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@ import ipaddress
 
 import pytest
 
-from openelb.ipam.ranges import AddressError, IPRange, parse_range
+from openelb.api.ranges import AddressError, IPRange, parse_range
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from openelb.api.eip import EipView
+from openelb.api.ranges import parse_range
 from openelb.ipam.pools import PoolInfo, PoolModel
-from openelb.ipam.ranges import parse_range
 from openelb.speaker.vip_plan import DEFAULT_VRIDS, VipPlan, allocate_vrids, full_routers
 
 NODES = [f"node-{i}" for i in range(1, 7)]

@@ -9,8 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from openelb.api import names
-from openelb.ipam.allocator import Pool
-from openelb.ipam.ranges import AddressError, IPRange, parse_range
+from openelb.api.ranges import AddressError, IPRange, parse_range
 
 PROTOCOLS = ("bgp", "layer2", "vip")
 
@@ -55,18 +54,6 @@ class EipView:
             created=str(md.get("creationTimestamp") or ""),
             vrid=str(ann.get(names.ANNOTATION_VIP_VRID) or ""),
             advert_interval=str(ann.get(names.ANNOTATION_VIP_ADVERT_INTERVAL) or ""),
-        )
-
-    def to_pool(self, rng: IPRange) -> Pool:
-        return Pool(
-            name=self.name,
-            range=rng,
-            disabled=self.disable,
-            default=self.default,
-            priority=self.priority,
-            namespaces=frozenset(self.namespaces),
-            namespace_selector=self.namespace_selector,
-            deleting=self.deleting,
         )
 
 

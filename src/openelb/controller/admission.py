@@ -10,7 +10,7 @@ from typing import Any
 
 from openelb.api import bgp
 from openelb.api.eip import EipView, validate
-from openelb.ipam.ranges import AddressError, parse_range
+from openelb.api.ranges import AddressError, parse_range
 
 
 @dataclass(frozen=True)

@@ -24,11 +24,12 @@ from lightkube.types import PatchType
 
 from openelb.api import names
 from openelb.api.eip import EipView
+from openelb.api.ingress import ingress_ips
+from openelb.api.ranges import IPAddress, parse_ip
 from openelb.controller import servicepolicy as sp
 from openelb.controller.metrics import Metrics
 from openelb.ipam.allocator import Allocation, AllocationError, Allocator, Request
 from openelb.ipam.pools import accepted_pools
-from openelb.ipam.ranges import IPAddress, parse_ip
 from openelb.kube.events import EventRecorder, Target, service_target
 from openelb.kube.informer import Informer
 from openelb.kube.resources import Eip
@@ -190,7 +191,7 @@ class IpamController:
         for key, svc in self.services.store.items():
             if not (sp.is_ours(svc, self.policy) or sp.has_our_marks(svc)):
                 continue
-            ips = sp.status_ips(svc) or records.get(key, [])
+            ips = ingress_ips(svc) or records.get(key, [])
             if not ips:
                 continue
             try:
@@ -232,7 +233,7 @@ class IpamController:
         except (sp.RequestError, AllocationError) as exc:
             log.info("cannot assign %s: %s", key, exc)
             self.pending.add(key)
-            if old is not None and not sp.status_ips(svc):
+            if old is not None and not ingress_ips(svc):
                 # Held only in the bookkeeping (restored from a stale Eip.status.used after a
                 # leader change), never shown by the Service: it cannot keep it, so neither may
                 # the Eip's status (found by the chaos soak: an IP recorded for a Service without one).
@@ -305,7 +306,7 @@ class IpamController:
         self.pending.discard(key)
         if gone is None and not sp.has_our_marks(svc):
             return  # not ours and never was: not even its status is ours to touch
-        released = gone.ips if gone else tuple(sp.status_ips(svc))
+        released = gone.ips if gone else tuple(ingress_ips(svc))
         marks: dict[str, Any] = {}
         if sp.has_our_marks(svc):
             marks = {

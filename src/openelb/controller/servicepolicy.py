@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from lightkube.resources.core_v1 import Service
 
 from openelb.api import names
+from openelb.api.ranges import AddressError, IPAddress, parse_ip
 from openelb.ipam.allocator import Port, Request
-from openelb.ipam.ranges import AddressError, IPAddress, parse_ip
 
 
 class RequestError(ValueError):
@@ -134,16 +134,3 @@ def build_request(svc: Service, namespace_labels: Mapping[str, str]) -> Request:
         ports=ports,
         backend_key=backend_key(svc),
     )
-
-
-def status_ips(svc: Service) -> list[IPAddress]:
-    """The IPs in status.loadBalancer.ingress (what we, or Go OpenELB, assigned before)."""
-    out: list[IPAddress] = []
-    lb = svc.status.loadBalancer if svc.status else None
-    for ing in (lb.ingress if lb else None) or []:
-        if ing.ip:
-            try:
-                out.append(parse_ip(ing.ip))
-            except AddressError:
-                continue
-    return out

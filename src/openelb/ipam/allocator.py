@@ -20,8 +20,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
+from openelb.api.ranges import IPAddress, IPRange
 from openelb.ipam.freeset import FreeSet
-from openelb.ipam.ranges import IPAddress, IPRange
 
 
 class AllocationError(Exception):

@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from openelb.api.eip import DEFAULT_ADVERT_INTERVAL_CS, EipView, parse_advert_interval, parse_vrids, validate
+from openelb.api.ranges import IPAddress, IPRange, parse_range
 from openelb.ipam.allocator import Pool
-from openelb.ipam.ranges import IPAddress, IPRange, parse_range
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,21 @@ class PoolInfo:
 def accepted_pools(eips: Iterable[EipView]) -> tuple[list[Pool], dict[str, list[str]]]:
     """The pools to allocate from, and the problems of the Eips left out (oldest wins an overlap)."""
     model = PoolModel(eips)
-    return [model.views[p.name].to_pool(p.range) for p in model.pools], model.problems
+    return [allocator_pool(model.views[p.name], p.range) for p in model.pools], model.problems
+
+
+def allocator_pool(view: EipView, rng: IPRange) -> Pool:
+    """An accepted Eip as the allocator's pool (its range parsed once, by the model)."""
+    return Pool(
+        name=view.name,
+        range=rng,
+        disabled=view.disable,
+        default=view.default,
+        priority=view.priority,
+        namespaces=frozenset(view.namespaces),
+        namespace_selector=view.namespace_selector,
+        deleting=view.deleting,
+    )
 
 
 class PoolModel:

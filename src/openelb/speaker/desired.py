@@ -16,6 +16,8 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from openelb.api import names
+
 EXCLUDE_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
 TOP = 3
 """Candidates per IP. If all of them die at once, the IP waits for the API (Node NotReady)."""
@@ -122,7 +124,7 @@ def bgp_next_hops(  # noqa: PLR0917
     nodes: Iterable[NodeInfo],
     live: Iterable[str] | None,
     rack: str | None = None,
-    rack_label: str = "openelb.kubesphere.io/rack",
+    rack_label: str = names.LABEL_RACK,
 ) -> dict[str, tuple[str, ...]]:
     """BGP mode: for each IP of a bgp Eip in use, the next hops routers may send its traffic to —
     the addresses of the eligible nodes whose speaker is alive (`live`; None = do not filter),

@@ -31,6 +31,7 @@ from lightkube.resources.core_v1 import Endpoints, Node, Service
 from lightkube.resources.discovery_v1 import EndpointSlice
 
 from openelb.api import names
+from openelb.api.ingress import ingress_ips
 from openelb.speaker import desired
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -41,8 +42,7 @@ def service_info(svc: Service, endpoint_nodes: frozenset[str] = frozenset()) -> 
     md = svc.metadata
     if not svc.spec or svc.spec.type != "LoadBalancer" or md is None or md.deletionTimestamp:
         return None
-    lb = svc.status.loadBalancer if svc.status else None
-    ips = tuple(i.ip for i in (lb.ingress if lb else None) or [] if i.ip)
+    ips = tuple(str(ip) for ip in ingress_ips(svc))
     if not ips:
         return None
     local = svc.spec.externalTrafficPolicy == "Local"

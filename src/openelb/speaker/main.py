@@ -27,8 +27,8 @@ from prometheus_client import CollectorRegistry
 
 from openelb.api import names
 from openelb.api.eip import EipView
+from openelb.api.ranges import IPRange
 from openelb.ipam.pools import PoolInfo, PoolModel
-from openelb.ipam.ranges import IPRange
 from openelb.kube import memberlist
 from openelb.kube.client import async_client
 from openelb.kube.events import EventRecorder, Target

@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from openelb.lab import netns, processes
-from openelb.lab.plan import LabPlan
+from openelb_lab import netns, processes
+from openelb_lab.plan import LabPlan
 
 ROUTER_AS = 50000
 NODES_AS = 50001
@@ -114,7 +114,7 @@ class Bird:
         """The BIRD a previous command started (the demo's)."""
         daemon = next((d for d in processes.recorded(state) if d.name == "bird" and processes.is_running(d)), None)
         if daemon is None:
-            raise RuntimeError("BIRD is not running in the lab: run `openelb lab demo` first")
+            raise RuntimeError("BIRD is not running in the lab: run `openelb-lab demo` first")
         self = cls.__new__(cls)
         self.plan, self.state, self.daemon = plan, state, daemon
         self.dir = state / "bird"

@@ -12,7 +12,7 @@ import signal
 import subprocess
 from collections.abc import Iterable, Sequence
 
-from openelb.lab.plan import PREFIX
+from openelb_lab.plan import PREFIX
 
 
 class LabCommandError(RuntimeError):

@@ -15,8 +15,8 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from openelb.lab import netns, processes
-from openelb.lab.plan import PREFIX, NodePlan, pod_addresses
+from openelb_lab import netns, processes
+from openelb_lab.plan import PREFIX, NodePlan, pod_addresses
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def start_server(state: Path, node: NodePlan, box: Sandbox, ports: list[int]) ->
     if not ports:
         return box
     daemon = f"pod-{box.uid}"
-    argv = [sys.executable, "-m", "openelb.lab.podserver", "--name", box.name]
+    argv = [sys.executable, "-m", "openelb_lab.podserver", "--name", box.name]
     for p in ports:
         argv += ["--port", str(p)]
     processes.start(state, daemon, netns.exec_argv(box.netns or node.netns, argv))

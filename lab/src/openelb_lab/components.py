@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from openelb.lab.plan import LabPlan, NodePlan
+from openelb_lab.plan import LabPlan, NodePlan
 
 KCM_CONTROLLERS = (
     "deployment-controller",

@@ -12,7 +12,7 @@ from lightkube.resources.core_v1 import Namespace, Service, ServiceAccount
 from lightkube.resources.discovery_v1 import EndpointSlice
 
 from openelb.kube import resources as _crd_resources  # noqa: F401 - registers Eip etc. for codecs
-from openelb.lab import netns
+from openelb_lab import netns
 
 
 def kubia_deployment(name: str, namespace: str, replicas: int = 2, spread: bool = True) -> dict[str, Any]:

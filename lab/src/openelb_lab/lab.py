@@ -1,4 +1,4 @@
-"""`openelb lab up|down|status`: a real Kubernetes control plane with emulated nodes on one machine.
+"""`openelb-lab up|down|status`: a real Kubernetes control plane with emulated nodes on one machine.
 
 `up` is idempotent (a healthy lab is left alone, a broken one is removed and rebuilt) and `down`
 removes everything `up` may have created, found by recorded PIDs and by the lab's name prefix, so
@@ -28,9 +28,9 @@ from lightkube.types import PatchType
 
 from openelb import pki
 from openelb.kube.client import sync_client
-from openelb.lab import binaries, components, containers, netns, processes, topology
-from openelb.lab.components import Paths
-from openelb.lab.plan import FULL_NODES, LabPlan, NodePlan, make_plan
+from openelb_lab import binaries, components, containers, netns, processes, topology
+from openelb_lab.components import Paths
+from openelb_lab.plan import FULL_NODES, LabPlan, NodePlan, make_plan
 
 DEFAULT_STATE = Path("/run/openelb-lab")
 START_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
@@ -75,7 +75,7 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, log_hint: Pat
 
 def require_root() -> None:
     if os.geteuid() != 0:
-        raise LabError("the lab creates network namespaces and must run as root (try: sudo openelb lab ...)")
+        raise LabError("the lab creates network namespaces and must run as root (try: sudo openelb-lab ...)")
     missing = [t for t in ("ip", "nft", "sysctl") if shutil.which(t) is None]
     if missing:
         raise LabError(f"missing system tools: {', '.join(missing)}; run scripts/setup (installs iproute2 nftables)")
@@ -192,7 +192,7 @@ def _up(plan: LabPlan, paths: Paths, bins: Path, say: Progress) -> None:
         if not node.light:
             argv = netns.exec_argv(node.netns, components.kube_proxy(bins, plan, paths, node))
             processes.start(state, f"kube-proxy-{node.name}", argv)
-        agent = [sys.executable, "-m", "openelb", "lab", "agent", "--node", node.name]
+        agent = [sys.executable, "-m", "openelb_lab", "agent", "--node", node.name]
         processes.start(state, f"agent-{node.name}", agent, env={"OPENELB_LAB_DIR": str(state)})
     for node in (n for n in plan.nodes if not n.light):
         wait_for(
@@ -254,7 +254,7 @@ def node_status(node: NodePlan, version: str) -> dict[str, object]:
                     "type": "Ready",
                     "status": "True",
                     "reason": "KubeletReady",
-                    "message": "openelb lab node agent",
+                    "message": "openelb-lab node agent",
                     "lastHeartbeatTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "lastTransitionTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 }
@@ -264,7 +264,7 @@ def node_status(node: NodePlan, version: str) -> dict[str, object]:
                 "systemUUID": node.name,
                 "bootID": node.name,
                 "kernelVersion": os.uname().release,
-                "osImage": "openelb lab",
+                "osImage": "openelb-lab",
                 "containerRuntimeVersion": "olab://1",
                 "kubeletVersion": version,
                 "kubeProxyVersion": version,
@@ -318,7 +318,7 @@ def restart(component: str, pause: float = 0.0) -> float:
     paths = Paths(state_dir())
     plan = load_plan(paths)
     if plan is None:
-        raise RuntimeError("no lab is up: run `openelb lab up` first")
+        raise RuntimeError("no lab is up: run `openelb-lab up` first")
     (daemon,) = [d for d in processes.recorded(paths.state) if d.name == component]
     t0 = time.monotonic()
     processes.stop(paths.state, daemon)
@@ -430,7 +430,7 @@ def exec_in(host: str, argv: list[str]) -> None:
     paths = Paths(state_dir())
     plan = load_plan(paths)
     if plan is None:
-        raise LabError("the lab is not up (run: openelb lab up)")
+        raise LabError("the lab is not up (run: openelb-lab up)")
     target = plan.host(host)
     if not argv:
         argv = [os.environ.get("SHELL", "/bin/sh")]

@@ -20,7 +20,7 @@ from lightkube.resources.coordination_v1 import Lease
 
 from openelb.api import names
 from openelb.kube.resources import Eip
-from openelb.lab import workloads
+from openelb_lab import workloads
 
 MANIFEST = Path(__file__).resolve().parents[3] / "deploy" / "openelb.yaml"
 

@@ -12,8 +12,8 @@ Multicast snooping is off so Neighbor Solicitations reach every port, as on a du
 
 from __future__ import annotations
 
-from openelb.lab import netns
-from openelb.lab.plan import (
+from openelb_lab import netns
+from openelb_lab.plan import (
     CLUSTER_CIDR_V4,
     CLUSTER_CIDR_V6,
     LAN_V4,

@@ -17,10 +17,10 @@ from lightkube import Client
 
 from openelb.kube.client import sync_client
 from openelb.kube.resources import Eip
-from openelb.lab import binaries, install, netns, processes, router, workloads
-from openelb.lab.components import Paths
-from openelb.lab.lab import LabError, Progress, load_plan, state_dir
-from openelb.lab.plan import LabPlan, NodePlan
+from openelb_lab import binaries, install, netns, processes, router, workloads
+from openelb_lab.components import Paths
+from openelb_lab.lab import LabError, Progress, load_plan, state_dir
+from openelb_lab.plan import LabPlan, NodePlan
 
 
 def run(namespace: str = "demo") -> int:
@@ -28,7 +28,7 @@ def run(namespace: str = "demo") -> int:
     paths = Paths(state_dir())
     plan = load_plan(paths)
     if plan is None:
-        raise LabError("the lab is not up (run: openelb lab up)")
+        raise LabError("the lab is not up (run: openelb-lab up)")
     client = sync_client(paths.kubeconfig("admin"), field_manager="openelb-demo")
     say(f"creating namespace {namespace}, Deployment kubia (2 replicas) and NodePort Service kubia")
     workloads.ensure_namespace(client, namespace)
@@ -95,9 +95,9 @@ def seed_walkthrough(client: Client, plan: LabPlan, paths: Paths, kubectl: str, 
     if bgp_ip is None:
         return 1
     print(
-        "\nThe lab stays up: `openelb lab exec client -- curl http://"
-        f"{ip}/`, `openelb lab exec remote -- curl http://{bgp_ip}/`, `openelb lab status`,"
-        " `openelb lab down` when finished."
+        "\nThe lab stays up: `openelb-lab exec client -- curl http://"
+        f"{ip}/`, `openelb-lab exec remote -- curl http://{bgp_ip}/`, `openelb-lab status`,"
+        " `openelb-lab down` when finished."
     )
     return 0
 

@@ -35,11 +35,11 @@ from lightkube.types import PatchType
 from openelb.kube.client import async_client
 from openelb.kube.informer import Informer
 from openelb.kube.workqueue import WorkQueue
-from openelb.lab import certgen, containers, podnet, processes
-from openelb.lab.components import Paths
-from openelb.lab.plan import SERVICE_CIDR_V4, LabPlan, NodePlan
+from openelb_lab import certgen, containers, podnet, processes
+from openelb_lab.components import Paths
+from openelb_lab.plan import SERVICE_CIDR_V4, LabPlan, NodePlan
 
-log = logging.getLogger("openelb.lab.agent")
+log = logging.getLogger("openelb_lab.agent")
 
 HEARTBEAT_SECONDS = 10.0
 PROBE_SECONDS = 2.0
@@ -467,7 +467,7 @@ class NodeAgent:
             "type": "Ready",
             "status": "True",
             "reason": "KubeletReady",
-            "message": "openelb lab node agent is posting ready status",
+            "message": "openelb-lab node agent is posting ready status",
             "lastHeartbeatTime": stamp,
         }
         await self.client.patch(
