@@ -29,9 +29,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from lightkube.resources.core_v1 import Pod
+from lightkube.core.exceptions import ApiError
+from lightkube.resources.core_v1 import Pod, Service
 from lightkube.types import PatchType
 
 from openelb.kube.client import sync_client
@@ -39,8 +42,9 @@ from openelb.kube.resources import BgpPeer
 from openelb.protocols.bgp.session import parse_prefix
 from openelb.speaker.bgp import config as cfgmod
 from openelb.speaker.bgp.backend import InProcessBackend
-from openelb_lab import lab, router, topology, workloads
+from openelb_lab import install, lab, router, topology, workloads
 from openelb_lab.components import Paths
+from openelb_lab.plan import LabPlan, NodePlan
 from report import print_outages
 
 SPK, RTR = "obench-spk", "obench-rtr"
@@ -268,14 +272,57 @@ def routes(count: int) -> None:
 PROBER = str(Path(__file__).with_name("prober.py"))
 
 
-def failover(runs: int, runs_without_bfd: int) -> None:
+METALLB_BGP_POOL = "198.18.2.240-198.18.2.250"  # routed by the router only; outside every Eip
+
+
+def cut_runs(  # noqa: PLR0917 - one call per implementation, all of it varies
+    plan: LabPlan, ip: str, victims: list[NodePlan], label: str, n_runs: int, seconds: float, ready: Callable[[], bool]
+) -> list[float]:
+    """Cut a victim node's link while the remote host probes `ip`: the outage is the time from
+    the cut until the last failed probe. Each run starts once every node is a next hop again
+    and `ready()` (sessions, BFD) holds."""
+    outages = []
+    for run in range(n_runs):
+        workloads.poll("every node a next hop", lambda: router.kernel_next_hops(plan, ip) == hops(plan), 120, 0.05)
+        workloads.poll("sessions ready", ready, 120)
+        node = victims[run % len(victims)]
+        prober = subprocess.Popen(
+            ["ip", "netns", "exec", plan.remote.netns, sys.executable, PROBER, ip, str(seconds)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(0.5)
+        cut = time.monotonic()
+        try:
+            topology.set_node_link(plan, node, up=False)
+            out = json.loads(prober.communicate(timeout=seconds + 30)[0])
+        finally:  # a node left cut off would skew every later run
+            topology.set_node_link(plan, node, up=True)
+            if prober.poll() is None:
+                prober.kill()
+        late = [f for f in out["fails"] if f >= cut]
+        outages.append((max(late) - cut + 0.01) * 1000 if late else 0.0)
+        print(f"  {label}: run {run + 1:>2}/{n_runs}: {node.name} cut, outage {outages[-1]:6.0f} ms", flush=True)
+    return outages
+
+
+def v4_holds(bird: router.Bird) -> set[int]:
+    """The hold times of the IPv4 sessions (the BgpPeer the benchmark edits; `_v6` is another)."""
+    return {t for name, t in bird.hold_times().items() if not name.endswith("_v6")}
+
+
+def hops(plan: LabPlan) -> set[str]:
+    return {str(n.lan_v4) for n in plan.nodes}
+
+
+def failover(runs: int, runs_without_bfd: int, peer: str | None = None) -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))  # run the finally blocks: links back up
     paths = Paths(lab.state_dir())
     plan = lab.load_plan(paths)
     if plan is None or not lab.is_healthy(paths):
         sys.exit("the lab is not up with OpenELB: run scripts/demo (or openelb-lab up && openelb-lab demo)")
     client = sync_client(paths.kubeconfig("admin"), field_manager="openelb-bench")
     ip = workloads.external_ip(client, "default", "bgp-svc")
-    hops = {str(n.lan_v4) for n in plan.nodes}
     bird = router.Bird.attach(plan, paths.state)
     # A node that also runs a backend pod loses that pod with its link, and kube-proxy keeps
     # sending to it until its endpoint goes: no load balancer hides that. Cut nodes without one.
@@ -288,32 +335,67 @@ def failover(runs: int, runs_without_bfd: int) -> None:
         spec = {"bfd": {"enabled": bfd}, "timers": {"config": {"holdTime": "90" if bfd else "9"}}}
         client.patch(BgpPeer, "router", {"spec": spec}, patch_type=PatchType.MERGE)
         bird.reconfigure(router.BirdOptions(bfd_ms=100 if bfd else 0))
-        outages = results.setdefault(label, [])
-        for run in range(n_runs):
-            workloads.poll("every node a next hop", lambda: router.kernel_next_hops(plan, ip) == hops, 120, 0.05)
-            workloads.poll("sessions up", lambda: all(bird.established().values()), 120)
-            if bfd:
-                workloads.poll("BFD up", lambda: sum(v == "Up" for v in bird.bfd_sessions().values()) >= len(hops), 30)
-            node = victims[run % len(victims)]
-            seconds = 3.0 if bfd else 15.0
-            prober = subprocess.Popen(
-                ["ip", "netns", "exec", plan.remote.netns, sys.executable, PROBER, ip, str(seconds)],
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            time.sleep(0.5)
-            cut = time.monotonic()
-            topology.set_node_link(plan, node, up=False)
-            out = json.loads(prober.communicate(timeout=seconds + 30)[0])
-            topology.set_node_link(plan, node, up=True)
-            late = [f for f in out["fails"] if f >= cut]
-            outages.append((max(late) - cut + 0.01) * 1000 if late else 0.0)
-            print(f"  {label}: run {run + 1:>2}/{n_runs}: {node.name} cut, outage {outages[-1]:6.0f} ms", flush=True)
+
+        def ready(bfd: bool = bfd) -> bool:
+            # Every session Established with the hold time under test: after the edit the
+            # speakers restart their sessions, and a cut before that measures the old timers.
+            up = all(bird.established().values()) and v4_holds(bird) == {90 if bfd else 9}
+            return up and (not bfd or sum(v == "Up" for v in bird.bfd_sessions().values()) >= len(plan.nodes))
+
+        results[label] = cut_runs(plan, ip, victims, label, n_runs, 3.0 if bfd else 15.0, ready)
+    if peer == "metallb":
+        results["metallb, hold 9 s"] = metallb_runs(client, plan, paths, bird, victims, n_runs=runs_without_bfd)
     client.patch(BgpPeer, "router", {"spec": {"bfd": {"enabled": True}, "timers": None}}, patch_type=PatchType.MERGE)
     bird.reconfigure(router.BirdOptions(bfd_ms=100))
     print()
     print_outages("router notices by", results)
     print("target: p99 <= 500 ms with BFD")
+    if peer:
+        ours = sorted(results["BFD 100 ms x 3"])[len(results["BFD 100 ms x 3"]) // 2]
+        same = sorted(results["no BFD, hold 9 s"])[len(results["no BFD, hold 9 s"]) // 2]
+        theirs = sorted(results["metallb, hold 9 s"])[len(results["metallb, hold 9 s"]) // 2]
+        print(
+            f"metallb p50 / openelb p50: {theirs / ours:.1f}x (openelb with BFD), {theirs / same:.1f}x (both without)"
+        )
+
+
+def metallb_runs(
+    client: Any, plan: LabPlan, paths: Paths, bird: router.Bird, victims: list[NodePlan], *, n_runs: int
+) -> list[float]:
+    """MetalLB's native BGP mode (no BFD) to the same BIRD, the same node cuts; hold time 9 s as
+    ours without BFD (its default is 90 s). OpenELB's speakers are removed first, restored after."""
+    from metallb import MetalLB, build, service, stop_openelb_speakers, version  # noqa: PLC0415 - bench-only
+
+    bins = build()
+    print(f"MetalLB {version(bins)} native BGP: stopping OpenELB's speakers, starting MetalLB")
+    stop_openelb_speakers(client, plan)
+    bird.reconfigure(router.BirdOptions(bfd_ms=0, ipv6=False))
+    peer = {
+        "myASN": router.NODES_AS,
+        "peerASN": router.ROUTER_AS,
+        "peerAddress": plan.router.lan_v4,
+        "holdTime": "9s",
+    }
+    try:
+        with MetalLB(client, plan, paths.kubeconfig("admin"), [METALLB_BGP_POOL], speakers=True, bins=bins,
+                     bgp_peer=peer):  # fmt: skip
+            workloads.apply(client, service("metallb-bgp", "default", "bgp-openelb"))
+            ip = workloads.external_ip(client, "default", "metallb-bgp")
+            return cut_runs(
+                plan,
+                ip,
+                victims,
+                "metallb, hold 9 s",
+                n_runs,
+                15.0,
+                lambda: all(bird.established().values()) and v4_holds(bird) == {9},
+            )
+    finally:
+        with contextlib.suppress(ApiError):
+            client.delete(Service, "metallb-bgp", namespace="default")
+        bird.reconfigure(router.BirdOptions(bfd_ms=100))
+        print("MetalLB removed; OpenELB's manifest applied again")
+        install.install(client)
 
 
 def main() -> None:
@@ -326,6 +408,7 @@ def main() -> None:
     f = sub.add_parser("failover")
     f.add_argument("--runs", type=int, default=20)
     f.add_argument("--runs-without-bfd", type=int, default=5)
+    f.add_argument("--peer", choices=["metallb"], help="then MetalLB's native BGP mode, the same cuts")
     args = parser.parse_args()
     if args.what == "speaker-role":
         asyncio.run(speaker_role(args.count))
@@ -335,7 +418,7 @@ def main() -> None:
     if args.what == "routes":
         routes(args.count)
     else:
-        failover(args.runs, args.runs_without_bfd)
+        failover(args.runs, args.runs_without_bfd, args.peer)
 
 
 if __name__ == "__main__":

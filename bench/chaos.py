@@ -9,7 +9,8 @@ checker can tell their writes apart). Then for `--seconds`: Service operations a
 (create, delete, change the pool annotation, opt out and back in, type LoadBalancer ⇄ ClusterIP,
 ports, sharing key); the leader SIGKILLed every `--kill-every` s (and restarted, as its
 Deployment would); once, the leader SIGSTOPped for 20 s (past its 15 s lease) and then resumed;
-the apiserver restarted at a third of the run, etcd at two thirds. The checker watches Services
+the apiserver restarted at a third of the run (`--outage S`: kept down S seconds first), etcd at
+two thirds. The checker watches Services
 and the Lease from its own connection throughout and counts:
 
 - `duplicates`: an IP held by two Services at one instant that may not share it (no common
@@ -370,7 +371,9 @@ def operate(kube: Client, rnd: random.Random, services: int, present: set[int]) 
         return "unavailable"
 
 
-def run(services: int, seconds: float, rate: float, kill_every: float, settle: float, *, seed: int = 1) -> Counts:
+def run(
+    services: int, seconds: float, rate: float, kill_every: float, settle: float, *, seed: int = 1, outage: float = 0
+) -> Counts:
     """The soak on a lab of its own (brought up here and always taken down)."""
     lab.up(3)
     kc = Paths(lab.state_dir()).kubeconfig("admin")
@@ -443,7 +446,7 @@ def run(services: int, seconds: float, rate: float, kill_every: float, settle: f
                 next_kill = now + kill_every
             elif not done_api and now >= api_at:
                 done_api = True
-                out = lab.restart("kube-apiserver")
+                out = lab.restart("kube-apiserver", pause=outage)
                 counts.apiserver_restarts += 1
                 say(f"apiserver restarted ({out:.1f} s out)")
             elif not done_etcd and now >= etcd_at:
@@ -492,8 +495,9 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=30)
     ap.add_argument("--kill-every", type=float, default=5)
     ap.add_argument("--settle", type=float, default=30)
+    ap.add_argument("--outage", type=float, default=0, help="seconds the apiserver stays down at its restart")
     args = ap.parse_args()
-    counts = run(args.services, args.seconds, args.rate, args.kill_every, args.settle)
+    counts = run(args.services, args.seconds, args.rate, args.kill_every, args.settle, outage=args.outage)
     print(report(counts))
     sys.exit(1 if counts.violations() else 0)
 

@@ -40,10 +40,8 @@ from typing import Any
 
 import yaml
 from lightkube.core.exceptions import ApiError
-from lightkube.resources.apps_v1 import DaemonSet
 from lightkube.resources.core_v1 import Service
 
-from openelb.api import names
 from openelb.kube.client import sync_client
 from openelb_lab import install, lab, netns, topology, workloads
 from openelb_lab.components import Paths
@@ -186,19 +184,11 @@ def main() -> None:
         )
 
 
-def stop_openelb_speakers(client: Any, plan: LabPlan) -> None:
-    """Remove OpenELB's speaker DaemonSet and wait until no speaker process is left on any node:
-    the peer's speakers must be the only ones answering for the benchmark's addresses."""
-    with contextlib.suppress(ApiError):
-        client.delete(DaemonSet, "openelb-speaker", namespace=names.DEFAULT_NAMESPACE)
-    workloads.poll("OpenELB's speakers to stop", lambda: all(speaker_pid(plan, n.name) is None for n in plan.nodes), 60)
-
-
 def metallb_runs(
     client: Any, plan: LabPlan, kubeconfig: Path, macs: dict[str, str], args: argparse.Namespace
 ) -> tuple[dict[str, list[float]], list[float]]:
     """MetalLB's Layer2 mode under the same failures, then OpenELB's speakers back."""
-    from metallb import MetalLB, build, service, version  # noqa: PLC0415 - bench-only, built on demand
+    from metallb import MetalLB, build, service, stop_openelb_speakers, version  # noqa: PLC0415 - bench-only
 
     bins = build()
     print(f"MetalLB {version(bins)}: stopping OpenELB's speakers, starting MetalLB (its defaults, untuned)")

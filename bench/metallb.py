@@ -6,7 +6,8 @@ the other, with the same workload, probe and clock. MetalLB is built from the Go
 kubelet, as `../shared/reference/peers-out-of-cluster.md` records from its sources:
 
 - its CRDs (the bases, without the conversion webhook), Namespace `metallb-system`, an
-  `IPAddressPool` and an `L2Advertisement` on the nodes' `eth0`;
+  `IPAddressPool` and an `L2Advertisement` on the nodes' `eth0` (or, for BGP, a `BGPPeer` and a
+  `BGPAdvertisement`: its native BGP mode, which has no BFD);
 - its controller in the root namespace with `--webhook-mode=disabled` (no webhook Service here);
 - one speaker per node inside the node's namespace (as its DaemonSet's hostNetwork Pod runs),
   with the env its manifest sets, memberlist on with a secret key (as `metallb-native.yaml`
@@ -40,9 +41,11 @@ from lightkube import Client
 from lightkube.core.exceptions import ApiError
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
+from lightkube.resources.apps_v1 import DaemonSet
 from lightkube.resources.core_v1 import Namespace, Pod
 from lightkube.types import PatchType
 
+from openelb.api import names
 from openelb_lab import netns, workloads
 from openelb_lab.plan import LabPlan, NodePlan
 
@@ -58,6 +61,8 @@ LOGS = Path("/tmp/openelb-bench-metallb")
 # Registered so that apply() can encode them (lightkube looks kinds up by apiVersion/kind).
 IPAddressPool = create_namespaced_resource("metallb.io", "v1beta1", "IPAddressPool", "ipaddresspools")
 L2Advertisement = create_namespaced_resource("metallb.io", "v1beta1", "L2Advertisement", "l2advertisements")
+BGPAdvertisement = create_namespaced_resource("metallb.io", "v1beta1", "BGPAdvertisement", "bgpadvertisements")
+BGPPeer = create_namespaced_resource("metallb.io", "v1beta2", "BGPPeer", "bgppeers")
 
 
 def build() -> Path:
@@ -96,9 +101,13 @@ class MetalLB:
         speakers: bool,
         controller_port: int = 7472,
         bins: Path | None = None,
+        bgp_peer: dict[str, Any] | None = None,
     ) -> None:
+        """`bgp_peer`: a BGPPeer spec (v1beta2) to announce the pool by BGP (MetalLB's native
+        mode, a BGPAdvertisement) instead of Layer2 (an L2Advertisement on eth0)."""
         self.client, self.plan, self.kubeconfig = client, plan, kubeconfig
         self.addresses, self.with_speakers, self.controller_port = addresses, speakers, controller_port
+        self.bgp_peer = bgp_peer
         self.bins = bins or build()
         self.controller: subprocess.Popen[bytes] | None = None
         self.speakers: dict[str, subprocess.Popen[bytes]] = {}
@@ -123,13 +132,30 @@ class MetalLB:
             "metadata": {"name": "bench", "namespace": NAMESPACE},
             "spec": {"addresses": self.addresses},
         }
-        adv = {
-            "apiVersion": "metallb.io/v1beta1",
-            "kind": "L2Advertisement",
-            "metadata": {"name": "bench", "namespace": NAMESPACE},
-            "spec": {"ipAddressPools": ["bench"], "interfaces": ["eth0"]},
-        }
-        workloads.poll("the IPAddressPool API", lambda: workloads.apply(self.client, pool, adv) or True, 30)
+        adv: list[dict[str, Any]] = [
+            {
+                "apiVersion": "metallb.io/v1beta1",
+                "kind": "L2Advertisement",
+                "metadata": {"name": "bench", "namespace": NAMESPACE},
+                "spec": {"ipAddressPools": ["bench"], "interfaces": ["eth0"]},
+            }
+        ]
+        if self.bgp_peer is not None:
+            adv = [
+                {
+                    "apiVersion": "metallb.io/v1beta1",
+                    "kind": "BGPAdvertisement",
+                    "metadata": {"name": "bench", "namespace": NAMESPACE},
+                    "spec": {"ipAddressPools": ["bench"]},
+                },
+                {
+                    "apiVersion": "metallb.io/v1beta2",
+                    "kind": "BGPPeer",
+                    "metadata": {"name": "router", "namespace": NAMESPACE},
+                    "spec": self.bgp_peer,
+                },
+            ]
+        workloads.poll("the IPAddressPool API", lambda: workloads.apply(self.client, pool, *adv) or True, 30)
         env = {**os.environ, "METALLB_NAMESPACE": NAMESPACE, "KUBECONFIG": str(self.kubeconfig)}
         self.controller = subprocess.Popen(
             [str(self.bins / "controller"), f"--kubeconfig={self.kubeconfig}", "--webhook-mode=disabled",
@@ -269,3 +295,22 @@ class MetalLB:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def stop_openelb_speakers(client: Any, plan: LabPlan) -> None:
+    """Remove OpenELB's speaker DaemonSet and wait until no speaker process is left on any node:
+    the peer's speakers must be the only ones answering for the benchmark's addresses."""
+    with contextlib.suppress(ApiError):
+        client.delete(DaemonSet, "openelb-speaker", namespace=names.DEFAULT_NAMESPACE)
+    workloads.poll(
+        "OpenELB's speakers to stop", lambda: not any(openelb_speaker_running(plan, n) for n in plan.nodes), 60
+    )
+
+
+def openelb_speaker_running(plan: LabPlan, node: NodePlan) -> bool:
+    """An `openelb speaker` process in the node's namespace (the lab kubelet's container)."""
+    for pid in netns.netns_pids(node.netns):
+        with contextlib.suppress(OSError):
+            if b"openelb\x00speaker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return True
+    return False

@@ -149,6 +149,18 @@ class Bird:
                 out[parts[0]] = parts[5] == "Established"
         return out
 
+    def hold_times(self) -> dict[str, int]:
+        """Protocol name → the hold time its Established session negotiated (seconds): a
+        benchmark that changes the hold time waits until the sessions carry the new one."""
+        out = {}
+        for name, up in self.established().items():
+            if not up:
+                continue
+            for line in self.birdc("show", "protocols", "all", name).splitlines():
+                if "Hold timer:" in line:
+                    out[name] = int(float(line.split()[-1].split("/")[-1]))
+        return out
+
     def bfd_sessions(self) -> dict[str, str]:
         out = {}
         for line in self.birdc("show", "bfd", "sessions").splitlines():
