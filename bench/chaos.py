@@ -497,6 +497,8 @@ def main() -> None:
     ap.add_argument("--settle", type=float, default=30)
     ap.add_argument("--outage", type=float, default=0, help="seconds the apiserver stays down at its restart")
     args = ap.parse_args()
+    if lab.is_healthy(Paths(lab.state_dir())):  # its OpenELB would serve the soak's Services too
+        sys.exit("a lab is up: the soak needs one of its own; run `openelb-lab down` first")
     counts = run(args.services, args.seconds, args.rate, args.kill_every, args.settle, outage=args.outage)
     print(report(counts))
     sys.exit(1 if counts.violations() else 0)
