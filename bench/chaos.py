@@ -21,7 +21,7 @@ then, `--settle` s after the chaos stops:
 - `missing`: Services that ask for an IP and have none;
 - `status_mismatch`: IPs in `Eip.status.used` without that Service holding them, or the reverse.
 
-Every count must be 0. `tests/lab/test_zzz_chaos.py` runs a short version in CI.
+Every count must be 0. `tests/lab/test_chaos.py` runs a short version in CI.
 """
 
 from __future__ import annotations

@@ -59,8 +59,41 @@ def lab_plan() -> Iterator[LabPlan]:
     try:
         yield plan
     finally:
-        if lab.load_plan(Paths(lab.state_dir())) is not None:  # test_zz_down may have done it
+        if lab.load_plan(Paths(lab.state_dir())) is not None:  # test_down may have done it
             lab.down(quiet=True)
+
+
+@pytest.fixture(scope="session")
+def bare_cluster(lab_plan: LabPlan) -> LabPlan:
+    """The shared lab before the session's stand-alone controller starts (the `controller`
+    fixture, which lives until the end): tests that install OpenELB as users do ask for this."""
+    return lab_plan
+
+
+@pytest.fixture(scope="session")
+def lab_teardown(lab_plan: LabPlan) -> LabPlan:
+    """For the test that takes the shared lab down and checks that nothing is left."""
+    return lab_plan
+
+
+def _phase(item: pytest.Item) -> int:
+    """When a test runs, from what it asks for: the bare cluster first, then every other test
+    of the shared lab, its teardown, the tests with a lab of their own (each replaces whatever
+    runs), and the tests without a lab (unit, image) last, on a quiet machine."""
+    fixtures = set(getattr(item, "fixturenames", ()))
+    if "own_lab" in fixtures:
+        return 3
+    if "lab_teardown" in fixtures:
+        return 2
+    if "bare_cluster" in fixtures:
+        return 0
+    if "lab_plan" in fixtures:
+        return 1
+    return 4
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=_phase)  # stable: the collection order holds within a phase
 
 
 @pytest.fixture(scope="session")

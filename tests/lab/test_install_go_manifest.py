@@ -4,7 +4,8 @@ command lines and flags, its RBAC (no Secrets for the controller, `endpoints` no
 `endpointslices` for the speaker), its cert-gen Jobs' certificate mounted where controller-runtime
 reads it, its `gobgp -p 50051 global` readiness probe, its published memberlist key.
 
-Runs after the install test (`ab`) and before any module starts the session's controller."""
+Runs with the install test (both ask for `bare_cluster`), before any module starts the session's
+controller."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from openelb_lab import binaries, install, lab, workloads
 from openelb_lab.components import Paths
 from openelb_lab.plan import LabPlan
 
-pytestmark = [pytest.mark.root, pytest.mark.k8s_lab]
+pytestmark = [pytest.mark.root, pytest.mark.k8s_lab, pytest.mark.usefixtures("bare_cluster")]
 REPO = Path(__file__).resolve().parents[2]
 GO_MANIFEST = Path(__file__).parent / "manifests" / "go-openelb-0.6.yaml"
 OUR_IMAGE = "docker.io/openelb/openelb-python:0.1.0"

@@ -3,8 +3,9 @@
 image's containers from the Pod specs, under their ServiceAccounts), the seed's Layer2 walkthrough
 through it, and RBAC proven by taking one rule away.
 
-Runs first (`aa`): it needs the cluster without the session's stand-alone controller, and it
-removes everything it installed, so later modules start from the state they expect."""
+Runs first (it asks for `bare_cluster`): it needs the cluster without the session's stand-alone
+controller, and it removes everything it installed, so later modules start from the state they
+expect."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from openelb_lab import binaries, install, lab, workloads
 from openelb_lab.components import Paths
 from openelb_lab.plan import LabPlan
 
-pytestmark = [pytest.mark.root, pytest.mark.k8s_lab]
+pytestmark = [pytest.mark.root, pytest.mark.k8s_lab, pytest.mark.usefixtures("bare_cluster")]
 REPO = Path(__file__).resolve().parents[2]
 NS = names.DEFAULT_NAMESPACE
 GO_FINALIZER = "finalizer.lb.kubesphere.io/v1alpha1"

@@ -1,4 +1,5 @@
-"""Runs last in the lab tests (file order): `lab down` must leave nothing behind."""
+"""Runs after every test of the shared lab (it asks for `lab_teardown`): `lab down` must leave
+nothing behind."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from openelb_lab import lab, netns, processes
 from openelb_lab.components import Paths
 from openelb_lab.plan import LabPlan
 
-pytestmark = [pytest.mark.root, pytest.mark.k8s_lab]
+pytestmark = [pytest.mark.root, pytest.mark.k8s_lab, pytest.mark.usefixtures("lab_teardown")]
 
 
 def test_down_leaves_no_namespace_process_link_or_file(lab_plan: LabPlan) -> None:

@@ -1,5 +1,5 @@
 """The speakers at scale, reduced for CI (`bench/speaker_scale.py` with smaller figures): a lab of
-its own after the shared one is down (file order), 12 speakers on 3 full and 9 light nodes, 2,000
+its own after the shared one is down (`own_lab`), 12 speakers on 3 full and 9 light nodes, 2,000
 LoadBalancer Services over a Layer2 and a BGP pool, 60 s of Service and EndpointSlice churn, then
 power-offs. Nothing fails during the churn, so no speaker may expire a peer and no Layer2 IP may
 change owner except through the Local endpoints the churn moves; power-off failover stays within the
