@@ -364,7 +364,8 @@ def metallb_runs(
 ) -> list[float]:
     """MetalLB's native BGP mode (no BFD) to the same BIRD, the same node cuts; hold time 9 s as
     ours without BFD (its default is 90 s). OpenELB's speakers are removed first, restored after."""
-    from metallb import MetalLB, build, service, stop_openelb_speakers, version  # noqa: PLC0415 - bench-only
+    from handover import stop_openelb_speakers  # noqa: PLC0415 - bench-only
+    from metallb import MetalLB, build, service, version  # noqa: PLC0415
 
     bins = build()
     print(f"MetalLB {version(bins)} native BGP: stopping OpenELB's speakers, starting MetalLB")

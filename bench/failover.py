@@ -42,6 +42,7 @@ import yaml
 from lightkube.core.exceptions import ApiError
 from lightkube.resources.core_v1 import Service
 
+from handover import speaker_pid, stop_openelb_speakers
 from openelb.kube.client import sync_client
 from openelb_lab import install, lab, netns, topology, workloads
 from openelb_lab.components import Paths
@@ -75,16 +76,6 @@ def path_owner(client_ns: str, ip: str, macs: dict[str, str]) -> str | None:
     ).stdout.split()
     if "lladdr" in out and out[-1] in ("REACHABLE", "STALE", "DELAY", "PROBE", "PERMANENT"):
         return macs.get(out[out.index("lladdr") + 1].lower())
-    return None
-
-
-def speaker_pid(plan: LabPlan, node: str) -> int | None:
-    """The speaker Pod's process on `node` (hostNetwork: it runs in the node's namespace; the lab's
-    kubelet restarts it when it exits, as a DaemonSet pod's container)."""
-    for pid in netns.netns_pids(plan.node(node).netns):
-        with contextlib.suppress(OSError):
-            if b"openelb\x00speaker" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                return pid
     return None
 
 
@@ -188,7 +179,7 @@ def metallb_runs(
     client: Any, plan: LabPlan, kubeconfig: Path, macs: dict[str, str], args: argparse.Namespace
 ) -> tuple[dict[str, list[float]], list[float]]:
     """MetalLB's Layer2 mode under the same failures, then OpenELB's speakers back."""
-    from metallb import MetalLB, build, service, stop_openelb_speakers, version  # noqa: PLC0415 - bench-only
+    from metallb import MetalLB, build, service, version  # noqa: PLC0415 - bench-only
 
     bins = build()
     print(f"MetalLB {version(bins)}: stopping OpenELB's speakers, starting MetalLB (its defaults, untuned)")

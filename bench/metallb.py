@@ -41,11 +41,9 @@ from lightkube import Client
 from lightkube.core.exceptions import ApiError
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
-from lightkube.resources.apps_v1 import DaemonSet
 from lightkube.resources.core_v1 import Namespace, Pod
 from lightkube.types import PatchType
 
-from openelb.api import names
 from openelb_lab import netns, workloads
 from openelb_lab.plan import LabPlan, NodePlan
 
@@ -157,11 +155,12 @@ class MetalLB:
             ]
         workloads.poll("the IPAddressPool API", lambda: workloads.apply(self.client, pool, *adv) or True, 30)
         env = {**os.environ, "METALLB_NAMESPACE": NAMESPACE, "KUBECONFIG": str(self.kubeconfig)}
-        self.controller = subprocess.Popen(
-            [str(self.bins / "controller"), f"--kubeconfig={self.kubeconfig}", "--webhook-mode=disabled",
-             f"--port={self.controller_port}", "--log-level=info", f"--lb-class={LB_CLASS}"],
-            stdout=(LOGS / "controller.log").open("wb"), stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
+        with (LOGS / "controller.log").open("wb") as log:
+            self.controller = subprocess.Popen(
+                [str(self.bins / "controller"), f"--kubeconfig={self.kubeconfig}", "--webhook-mode=disabled",
+                 f"--port={self.controller_port}", "--log-level=info", f"--lb-class={LB_CLASS}"],
+                stdout=log, stderr=subprocess.STDOUT, env=env,
+            )  # fmt: skip
         if self.with_speakers:
             self._start_speakers()
 
@@ -216,10 +215,10 @@ class MetalLB:
         }
         argv = [str(self.bins / "speaker"), f"--kubeconfig={self.kubeconfig}", f"--port={SPEAKER_METRICS_PORT}",
                 "--log-level=info", f"--lb-class={LB_CLASS}"]  # fmt: skip
-        log = (LOGS / f"speaker-{node.name}.log").open("ab")
-        self.speakers[node.name] = subprocess.Popen(
-            netns.exec_argv(node.netns, argv), stdout=log, stderr=subprocess.STDOUT, env=env
-        )
+        with (LOGS / f"speaker-{node.name}.log").open("ab") as log:  # the child keeps its own descriptor
+            self.speakers[node.name] = subprocess.Popen(
+                netns.exec_argv(node.netns, argv), stdout=log, stderr=subprocess.STDOUT, env=env
+            )
 
     def _supervise(self) -> None:
         """restartPolicy Always: a speaker that exited is started again (bounded by `stop()`)."""
@@ -295,22 +294,3 @@ class MetalLB:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def stop_openelb_speakers(client: Any, plan: LabPlan) -> None:
-    """Remove OpenELB's speaker DaemonSet and wait until no speaker process is left on any node:
-    the peer's speakers must be the only ones answering for the benchmark's addresses."""
-    with contextlib.suppress(ApiError):
-        client.delete(DaemonSet, "openelb-speaker", namespace=names.DEFAULT_NAMESPACE)
-    workloads.poll(
-        "OpenELB's speakers to stop", lambda: not any(openelb_speaker_running(plan, n) for n in plan.nodes), 60
-    )
-
-
-def openelb_speaker_running(plan: LabPlan, node: NodePlan) -> bool:
-    """An `openelb speaker` process in the node's namespace (the lab kubelet's container)."""
-    for pid in netns.netns_pids(node.netns):
-        with contextlib.suppress(OSError):
-            if b"openelb\x00speaker" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                return True
-    return False

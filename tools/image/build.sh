@@ -79,6 +79,8 @@ umoci config --image "$OUT.tmp/oci:$TAG" --created "$created" --history.created 
   --author "OpenELB (Python)" --architecture amd64 --os linux
 umoci gc --layout "$OUT.tmp/oci"
 rm -rf "$OUT"; mv "$OUT.tmp" "$OUT"
+# Earlier builds (other inputs) are dead weight of ~100 MB each: keep only this one.
+find "$CACHE" -maxdepth 1 -name 'image-*' ! -name "image-$KEY" -exec rm -rf {} +
 manifest=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifests"][0]["digest"])' "$OUT/oci/index.json")
 size=$(du -sm "$OUT/oci/blobs" | cut -f1)
 say "image $TAG: manifest $manifest, ${size} MB compressed, built in $(( $(date +%s) - START ))s"

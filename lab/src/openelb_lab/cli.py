@@ -44,7 +44,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-
     cmd = args.lab_cmd
     if cmd == "up":
         lab.up(args.nodes, args.proxy_mode, full_nodes=args.full_nodes)
