@@ -11,7 +11,7 @@ from lightkube.core.exceptions import ApiError
 from lightkube.resources.apps_v1 import DaemonSet
 
 from openelb.api import names
-from openelb_lab import netns, workloads
+from openelb_lab import containers, netns, workloads
 from openelb_lab.plan import LabPlan
 
 
@@ -20,7 +20,8 @@ def speaker_pid(plan: LabPlan, node: str) -> int | None:
     kubelet restarts it when it exits, as a DaemonSet pod's container)."""
     for pid in netns.netns_pids(plan.node(node).netns):
         with contextlib.suppress(OSError):
-            if b"openelb\x00speaker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+            if containers.openelb_role(argv) == "speaker":
                 return pid
     return None
 

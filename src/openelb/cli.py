@@ -76,6 +76,12 @@ def _openelb_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="serve GoBGP's gRPC API, read-only, here (Go OpenELB: `:50051`, every address; "
         "`127.0.0.1:50051` for the probe and kubectl exec only); empty: off",
     )  # fmt: skip
+    sp.add_argument(
+        "--daemonset", default=os.environ.get("OPENELB_DAEMONSET", ""),
+        help="the speakers' DaemonSet (env OPENELB_DAEMONSET; the chart sets it): when it is gone at "
+        "shutdown (an uninstall), BGP sessions close without graceful restart, so routers withdraw at "
+        "once instead of keeping the routes for restartTime; empty: graceful restart as configured",
+    )  # fmt: skip
     sp.add_argument("--log-path", help="Go OpenELB's keepalived log file; accepted (no keepalived runs)")
     sp.add_argument("--keepalived-args", help="Go OpenELB's extra keepalived args; accepted (no keepalived runs)")
     goflags.add_klog(sp)
@@ -180,6 +186,7 @@ def speaker_options(args: argparse.Namespace) -> tuple[Any, list[str]]:
         bgp_status_interval=args.bgp_status_interval,
         metrics_addr=args.metrics_addr,  # `:50052`, as Go writes it, is all addresses (runtime.split_addr)
         check_interval=args.check_interval,
+        daemonset=args.daemonset,
     )
     return opts, notes
 

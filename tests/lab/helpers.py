@@ -21,7 +21,7 @@ from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.core_v1 import Service
 
 from openelb.kube.resources import Eip
-from openelb_lab import lab, workloads
+from openelb_lab import containers, lab, workloads
 from openelb_lab.components import Paths
 from openelb_lab.plan import LabPlan
 
@@ -226,18 +226,19 @@ class SpeakerProcess(DaemonProcess):
             )
 
 
-def openelb_processes() -> list[tuple[str, str, str]]:
-    """(pid, command line, uid) of every OpenELB controller and speaker on the machine (/proc,
-    since `ps` truncates command lines)."""
+def openelb_processes(role: str | None = None) -> list[tuple[str, str, str]]:
+    """(pid, command line, uid) of every OpenELB controller and speaker on the machine (or of
+    `role` only), from the image's containers or this checkout (/proc: `ps` truncates)."""
     found = []
     for proc in Path("/proc").iterdir():
         try:
-            args = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
             uid = str(proc.stat().st_uid)
         except OSError:
             continue
-        if "-m openelb controller" in args or "-m openelb speaker" in args:
-            found.append((proc.name, args, uid))
+        found_role = containers.openelb_role(argv)
+        if found_role in ((role,) if role else ("controller", "speaker")):
+            found.append((proc.name, " ".join(argv), uid))
     return found
 
 

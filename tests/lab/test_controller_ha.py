@@ -22,8 +22,9 @@ from lightkube.resources.admissionregistration_v1 import ValidatingWebhookConfig
 from lightkube.resources.core_v1 import Service
 from lightkube.types import PatchType
 
+from openelb.api import names
 from openelb.controller.webhook import webhook_configuration
-from openelb.kube.resources import Eip
+from openelb.kube.resources import BgpConf, BgpPeer, Eip
 from openelb_lab import workloads
 from openelb_lab.plan import LabPlan
 
@@ -131,6 +132,16 @@ def test_takeover_of_go_openelb_state(kube: Client, ns: str, controller: dict[st
         go_service("z", "198.51.100.246", {"eip.openelb.kubesphere.io/v1alpha1": "198.51.100.246"})
         go_service("w", None, go)
         workloads.apply(kube, lb_service("new", ns, annotations=go))
+        # Go's speakers' finalizer on BGP objects (a peer for no node, a BgpConf no speaker reads)
+        go_bgp: list[tuple[Any, dict[str, Any]]] = [
+            (BgpConf, {"metadata": {"name": "go-conf"}, "spec": {"as": 65000, "listenPort": -1}}),
+            (BgpPeer, {"metadata": {"name": "go-peer"},
+                       "spec": {"conf": {"peerAs": 65001, "neighborAddress": "198.51.100.254"},
+                                "nodeSelector": {"matchLabels": {"t-takeover": "none"}}}}),
+        ]  # fmt: skip
+        for res, body in go_bgp:
+            body["metadata"]["finalizers"] = [names.FINALIZER_SERVICE]
+            kube.create(res.from_dict(body))
 
         controller["start"]("ctl-takeover")
         assert wait_ips(kube, ns, "new", timeout=30) == ["198.51.100.240"]
@@ -146,6 +157,19 @@ def test_takeover_of_go_openelb_state(kube: Client, ns: str, controller: dict[st
             "198.51.100.246": f"{ns}/y;{ns}/z",
             "198.51.100.247": f"{ns}/w",
         }
+
+        def go_finalizers() -> list[str]:
+            objs = [*kube.list(Service, namespace=ns), kube.get(Eip, "go-pool")]
+            objs += [kube.get(res, body["metadata"]["name"]) for res, body in go_bgp]
+            return [f"{o.metadata.name}: {f}" for o in objs for f in o.metadata.finalizers or []]
+
+        # none left that only Go's daemons would remove: deleting them (or our CRDs) never hangs
+        try:
+            workloads.poll("Go OpenELB's finalizers removed", lambda: not go_finalizers(), 20)
+        except TimeoutError:
+            raise AssertionError(f"finalizers left: {go_finalizers()}") from None
+        for res, body in go_bgp:
+            kube.delete(res, body["metadata"]["name"])
     finally:
         workloads.apply(kube, webhook_configuration("openelb-admission", url=f"https://{lab_plan.api_v4}:9443"))
         if not running(controller):

@@ -39,6 +39,7 @@ PATTERN = "|".join(
         "openelb_lab agent",
         "openelb_lab.podserver",
         "etcd --name=openelb-lab",
+        "runc --root /run/openelb-lab",  # the kubelet's containers of the OpenELB image
     )
 )
 

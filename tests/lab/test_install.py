@@ -30,7 +30,7 @@ from lightkube.types import PatchType
 
 from openelb.api import names
 from openelb.kube.resources import Eip
-from openelb_lab import binaries, install, lab, workloads
+from openelb_lab import binaries, containers, install, lab, workloads
 from openelb_lab.components import Paths
 from openelb_lab.plan import LabPlan
 
@@ -209,11 +209,12 @@ def test_install_pods_run_under_their_own_accounts(kube: Client, lab_plan: LabPl
     # the processes: the controller as non-root without capabilities, the speaker with exactly three
     seen = {"controller": 0, "speaker": 0}
     for pid, args, uid in openelb_processes():
-        if "-m openelb controller" in args and "--webhook-service=" in args:
+        role = containers.openelb_role(args.split())
+        if role == "controller" and "--webhook-service=" in args:
             assert uid == "65532"
             assert _caps(pid, "CapEff") == 0
             seen["controller"] += 1
-        elif "-m openelb speaker" in args and "--bind-port=7946" in args and "--kubeconfig" not in args:
+        elif role == "speaker" and "--bind-port=7946" in args and "--kubeconfig" not in args:
             assert uid == "0"
             assert _caps(pid, "CapBnd") == (1 << 10) | (1 << 12) | (1 << 13) | (
                 1 << 23

@@ -98,8 +98,8 @@ def go_installed(kube: Client, lab_plan: LabPlan) -> Iterator[str]:
 def test_go_manifest_runs_our_daemons_with_its_command_lines(
     kube: Client, lab_plan: LabPlan, go_installed: str
 ) -> None:
-    ctl = [a for _p, a, _u in openelb_processes() if "-m openelb controller" in a]
-    spk = [a for _p, a, _u in openelb_processes() if "-m openelb speaker" in a]
+    ctl = [a for _p, a, _u in openelb_processes("controller")]
+    spk = [a for _p, a, _u in openelb_processes("speaker")]
     assert len(ctl) == 1 and ctl[0].rstrip().endswith("--metrics-addr=:50052 --webhook-port=443 --leader-elect"), ctl
     assert len(spk) == len(lab_plan.nodes)
     assert all("--api-hosts=:50051 --enable-keepalived-vip=false --enable-layer2=true" in a for a in spk), spk

@@ -108,7 +108,7 @@ def test_daemonset_on_every_node_then_exclude_switch_and_delete(kube: Client, la
         60,
     )
     svc = _svc(kube, ns)
-    assert names.FINALIZER_NODE_PROXY in (svc.metadata.finalizers or [])  # type: ignore[union-attr]
+    assert not (svc.metadata.finalizers or [])  # type: ignore[union-attr]  # none, so uninstall never hangs
     assert _ingress(kube, ns) == _internal(lab_plan, everyone).split(",")  # kubectl get svc shows them
     assert _ann(kube, ns, names.ANNOTATION_NODE_PROXY_EXTERNAL_IP) is None  # the lab's nodes have none
     client = lab_plan.client.netns

@@ -179,14 +179,11 @@ class _StatusDropsMetadata:
 
 
 @pytest.mark.parametrize("keeps_metadata", [True, False])
-def test_ip_finalizer_and_label_go_in_one_status_write_where_the_apiserver_allows(keeps_metadata: bool) -> None:
+def test_ip_and_label_go_in_one_status_write_where_the_apiserver_allows(keeps_metadata: bool) -> None:
     api = _StatusDropsMetadata(keeps_metadata)
     ctrl = IpamController(client=api, policy=Policy(), recorder=None)  # type: ignore[arg-type]
     svc = Service.from_dict({"metadata": {"name": "a", "namespace": "ns", "resourceVersion": "1"}})
-    marks = {
-        "finalizers": ["finalizer.lb.kubesphere.io/v1alpha1"],
-        "labels": {"eip.openelb.kubesphere.io/v1alpha2": "p"},
-    }
+    marks = {"labels": {"eip.openelb.kubesphere.io/v1alpha2": "p"}}
     status = {"loadBalancer": {"ingress": [{"ip": "192.0.2.1", "ipMode": "VIP"}]}}
     asyncio.run(ctrl._write_service(svc, marks, status))
     assert api.calls[0] == ("ServiceStatus", {"status": status, "metadata": marks})
@@ -227,3 +224,50 @@ def test_an_ip_restored_from_stale_records_is_dropped_when_the_service_cannot_ke
 class _Events:
     def emit(self, *args: Any) -> None:
         pass
+
+
+class _Recording:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, dict[str, Any]]] = []
+
+    async def patch(self, res: Any, name: str, body: dict[str, Any], **_: Any) -> Any:
+        self.calls.append((res.__name__, name, body))
+        md = {"name": name, "namespace": "ns", "resourceVersion": "9", **(body.get("metadata") or {})}
+        return Service.from_dict({"metadata": md, "status": body.get("status") or {}})
+
+
+def test_no_finalizer_is_added_and_go_openelbs_are_removed() -> None:
+    """A finalizer only our daemons remove hangs every uninstall (issue 16): none is added to a
+    Service or an Eip, and Go OpenELB's are taken off where found."""
+    from openelb.api import names
+
+    def svc(name: str, finalizers: list[str], pool: str = "pool") -> Service:
+        return Service.from_dict({
+            "metadata": {"name": name, "namespace": "ns", "resourceVersion": "1", "finalizers": finalizers,
+                         "annotations": {names.ANNOTATION_LB: "openelb", names.ANNOTATION_POOL: pool}},
+            "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}]},
+        })  # fmt: skip
+
+    api = _Recording()
+    ctrl = IpamController(client=api, policy=Policy(), recorder=_Events())  # type: ignore[arg-type]
+    ctrl.eips.store["pool"] = _eip(1)
+    ctrl._sync_pools()
+    ctrl.services.store.update({"ns/new": svc("new", []), "ns/go": svc("go", [names.FINALIZER_SERVICE, "x/keep"])})
+    asyncio.run(ctrl.reconcile_service("ns/new"))
+    asyncio.run(ctrl.reconcile_service("ns/go"))
+    ctrl.services.store["ns/pending"] = svc("pending", [names.FINALIZER_SERVICE], pool="no-such-pool")
+    asyncio.run(ctrl.reconcile_service("ns/pending"))  # gets no IP, loses Go's finalizer all the same
+    (pending,) = [b for _r, n, b in api.calls if n == "pending"]
+    assert pending == {"metadata": {"$deleteFromPrimitiveList/finalizers": [names.FINALIZER_SERVICE]}}
+    asyncio.run(ctrl.reconcile_eip("pool"))
+    new = [b for _r, n, b in api.calls if n == "new"]
+    assert new and all("finalizers" not in (b.get("metadata") or {}) for b in new)
+    assert all(not k.endswith("finalizers") for b in new for k in b.get("metadata") or {})
+    (go,) = [b for _r, n, b in api.calls if n == "go"]
+    assert go["metadata"]["$deleteFromPrimitiveList/finalizers"] == [names.FINALIZER_SERVICE]
+    assert not [b for r, _n, b in api.calls if r == "Eip"]  # no finalizer added to a fresh Eip
+
+    api.calls.clear()
+    ctrl.eips.store["pool"] = _eip(2, finalizers=[names.FINALIZER_EIP, "x/keep"])
+    asyncio.run(ctrl.reconcile_eip("pool"))
+    assert api.calls == [("Eip", "pool", {"metadata": {"finalizers": ["x/keep"], "resourceVersion": "2"}})]

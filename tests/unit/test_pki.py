@@ -1,12 +1,16 @@
 import base64
 import datetime as dt
 import ipaddress
+import ssl
+import tempfile
 
+import pytest
 import yaml
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from openelb import pki
+from openelb.controller.webhook import CertManager
 
 
 def test_server_certificate_is_signed_by_the_ca_with_sans() -> None:
@@ -49,3 +53,16 @@ def test_secret_files_are_private(tmp_path) -> None:  # type: ignore[no-untyped-
     f = tmp_path / "k.key"
     pki.write_secret(f, b"secret")
     assert f.stat().st_mode & 0o777 == 0o600 and f.read_bytes() == b"secret"
+
+
+def test_the_webhook_loads_its_certificate_without_any_writable_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The controller runs with a read-only root filesystem and no /tmp (the chart's
+    securityContext): its serving certificate must load without a temporary file (it crashed
+    at start when the lab first ran the image)."""
+    monkeypatch.setattr(tempfile, "tempdir", "/nonexistent/tmp")  # any temporary file fails here
+    ca = pki.make_ca("t-ca")
+    leaf = pki.issue(ca, "openelb-controller.openelb-system.svc", server=True, dns=("openelb-controller",))
+    certs = CertManager(None, "ns", "s", "vwc", ("openelb-controller",))  # type: ignore[arg-type]
+    certs._load(leaf.cert_pem, leaf.key_pem)
+    with pytest.raises(ssl.SSLError):
+        certs._load(leaf.cert_pem, ca.key_pem)  # a key that does not match still fails loudly

@@ -35,7 +35,7 @@ from lightkube.types import PatchType
 from openelb.kube.client import async_client
 from openelb.kube.informer import Informer
 from openelb.kube.workqueue import WorkQueue
-from openelb_lab import certgen, containers, podnet, processes
+from openelb_lab import certgen, containers, oci, podnet, processes
 from openelb_lab.components import Paths
 from openelb_lab.plan import SERVICE_CIDR_V4, LabPlan, NodePlan
 
@@ -130,6 +130,9 @@ class NodeAgent:
         """Pods running OpenELB containers: what was started, to restart and probe."""
         self.ready: dict[str, dict[str, bool]] = {}
         self.restarts: dict[str, dict[str, int]] = {}
+        self.image = plan.runtime == "image"
+        """OpenELB's containers run the image under runc (else this checkout's Python)."""
+        self._base_spec: dict[str, Any] | None = None
         self._containers_lock = threading.Lock()
         """Held (in worker threads) while containers are probed and restarted or stopped: a probe
         running beside a removal would see the container just stopped as exited and start it again,
@@ -369,15 +372,36 @@ class NodeAgent:
             for d in processes.recorded(self.state):
                 if d.name.startswith(prefix):
                     processes.stop(self.state, d, timeout=10)
+                    if self.image:
+                        oci.delete(self.paths.runc, d.name)  # what a killed runc left running
 
     def _exec(self, box: podnet.Sandbox, run: containers.ContainerRun) -> None:
+        name = self._daemon(box.uid, run.name)
         sa = self.state / "pods" / box.uid / run.name / "serviceaccount"
         volumes = tuple((str(sa.parent / "volumes" / str(i)), m.path) for i, m in enumerate(run.mounts))
-        argv = containers.wrap(run, box.netns or self.node.netns, str(sa), volumes)
-        processes.start(
-            self.state, self._daemon(box.uid, run.name), argv, env=run.env, inherit_env=False, program=run.argv[0]
-        )
+        netns_name = box.netns or self.node.netns
+        if self.image:
+            spec = oci.runtime_spec(
+                self._image_spec(), run, rootfs=self.paths.image / "rootfs", netns_path=f"/run/netns/{netns_name}",
+                hostname=self.node.name if not box.netns else box.name[:63], sa_dir=str(sa), volumes=volumes,
+                cgroup=f"openelb-lab-{name}", rt_budget=oci.rt_group_scheduling(),
+            )  # fmt: skip
+            bundle = sa.parent / "bundle"
+            bundle.mkdir(parents=True, exist_ok=True)
+            (bundle / "config.json").write_text(json.dumps(spec))
+            oci.delete(self.paths.runc, name)  # the previous run of a restarted container
+            argv = oci.runc_argv(self.paths.runc, "run", "--bundle", str(bundle), name)
+            processes.start(self.state, name, argv, program="runc")
+        else:
+            argv = containers.wrap(run, netns_name, str(sa), volumes)
+            env = {**containers.CHECKOUT_ENV, **run.env}
+            processes.start(self.state, name, argv, env=env, inherit_env=False, program=run.argv[0])
         log.info("started container %s of %s/%s", run.name, box.namespace, box.name)
+
+    def _image_spec(self) -> dict[str, Any]:
+        if self._base_spec is None:
+            self._base_spec = oci.base_spec(self.paths.image)
+        return self._base_spec
 
     async def _probe_loop(self) -> None:
         """Restart exited containers (restartPolicy Always) and run readiness probes."""
@@ -418,7 +442,12 @@ class NodeAgent:
             if probe is None:
                 now_ready[run.name] = True
             elif probe.exec:
-                now_ready[run.name] = _exec_ok(box.netns or self.node.netns, probe)
+                argv = (
+                    oci.runc_argv(self.paths.runc, "exec", self._daemon(box.uid, run.name), *probe.exec)
+                    if self.image
+                    else ["ip", "netns", "exec", box.netns or self.node.netns, *containers.checkout_argv(probe.exec)]
+                )
+                now_ready[run.name] = _exec_ok(argv, probe.timeout)
             elif probe.tcp:
                 now_ready[run.name] = _tcp_ok(self.node.netns, box.ipv4 or box.ipv6 or "", probe)
             else:
@@ -509,14 +538,11 @@ def _tcp_ok(node_netns: str, address: str, probe: containers.Probe) -> bool:
     return out.returncode == 0
 
 
-def _exec_ok(netns_name: str, probe: containers.Probe) -> bool:
-    """An exec probe: the command in the container's network namespace (Go OpenELB's speaker:
-    `sh -c "gobgp -p 50051 global"`), exit status 0 within its timeout."""
+def _exec_ok(argv: list[str], timeout: float) -> bool:
+    """An exec probe: the command in the container (Go OpenELB's speaker: `sh -c "gobgp -p 50051
+    global"`), exit status 0 within its timeout."""
     try:
-        out = subprocess.run(
-            ["ip", "netns", "exec", netns_name, *probe.exec],
-            capture_output=True, timeout=max(probe.timeout, 1.0) + 1.0, check=False,
-        )  # fmt: skip
+        out = subprocess.run(argv, capture_output=True, timeout=max(timeout, 1.0) + 1.0, check=False)
     except subprocess.TimeoutExpired:
         return False
     return out.returncode == 0

@@ -26,6 +26,12 @@ def parser() -> argparse.ArgumentParser:
         "--full-nodes", type=int, default=3,
         help="nodes beyond this many are light: Node + namespace on the LAN + agent, no kube-proxy, no Pods",
     )  # fmt: skip
+    up.add_argument(
+        "--runtime", choices=("image", "checkout"), default=None,
+        help="OpenELB's Pods run the OCI image under runc (default: what users run), or this "
+        "checkout's Python (no image build, for quick iterations on the code); default: "
+        "$OPENELB_LAB_RUNTIME, else image",
+    )  # fmt: skip
     cmds.add_parser("down", help="stop and remove everything the lab created")
     st = cmds.add_parser("status", help="show components and nodes")
     st.add_argument("-o", "--output", choices=("text", "json"), default="text")
@@ -46,7 +52,7 @@ def parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     cmd = args.lab_cmd
     if cmd == "up":
-        lab.up(args.nodes, args.proxy_mode, full_nodes=args.full_nodes)
+        lab.up(args.nodes, args.proxy_mode, full_nodes=args.full_nodes, runtime=args.runtime)
     elif cmd == "down":
         lab.down()
     elif cmd == "status":

@@ -45,6 +45,16 @@ class Paths:
     def plan_file(self) -> Path:
         return self.state / "lab.json"
 
+    @property
+    def image(self) -> Path:
+        """The OpenELB image unpacked (a runc bundle: `rootfs/`, the image's `config.json`)."""
+        return self.state / "image"
+
+    @property
+    def runc(self) -> Path:
+        """runc's state root for the lab's containers."""
+        return self.state / "runc"
+
 
 def etcd(bins: Path, plan: LabPlan, paths: Paths) -> list[str]:
     client = f"http://127.0.0.1:{plan.ports.etcd_client}"

@@ -1,19 +1,21 @@
-"""Containers of the OpenELB image, run by the lab's kubelet from the Pod spec alone.
+"""Containers of the OpenELB image, planned by the lab's kubelet from the Pod spec alone.
 
-The lab has no container runtime, so a Pod whose container uses the OpenELB image is executed
-with this package, honouring what a kubelet would: `command`/`args` (the image's entrypoint is
-`openelb`), `env` with `fieldRef`, `secretKeyRef` and `configMapKeyRef`, the service-account token
-projected at the standard path (a private mount namespace per container), `hostNetwork` (the node's
-namespace, else the pod's), `runAsUser`/`runAsGroup`, and capabilities (the bounding set is cut
-to the added ones). A wrong flag, env var, port or RBAC rule in the manifests therefore fails in
-the lab as it would in a cluster. Building the command line is pure; the agent runs it.
+A Pod whose container uses the OpenELB image runs as the Pod spec says: `command`/`args` (the
+image's entrypoint is `openelb`), `env` with `fieldRef`, `secretKeyRef` and `configMapKeyRef`, the
+service-account token projected at the standard path, secret volumes, `hostNetwork` (the node's
+namespace, else the pod's), `runAsUser`/`runAsGroup`, capabilities, `readOnlyRootFilesystem`,
+`allowPrivilegeEscalation`, readiness probes. A wrong flag, env var, port or RBAC rule in the
+manifests therefore fails in the lab as it would in a cluster. `plan` is pure and runtime-neutral;
+the image itself runs under runc (`oci.py`, the default), or, with `openelb-lab up --runtime
+checkout` for quick iterations on the code, this checkout's Python with the same identity,
+capabilities and namespaces (`wrap`).
 """
 
 from __future__ import annotations
 
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from lightkube.models.core_v1 import Container
@@ -74,6 +76,42 @@ class ContainerRun:
     """None: a root container's default set; else exactly these (lower case, no CAP_ prefix)."""
     readiness: Probe | None = None
     mounts: tuple[SecretMount, ...] = ()
+    read_only_root: bool = False
+    no_new_privs: bool = False
+    """`allowPrivilegeEscalation: false` (Kubernetes' default is to allow it)."""
+
+
+CHECKOUT_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1"}
+"""What the image's environment gives its programs, for the checkout runtime."""
+
+
+ROLES = ("controller", "speaker", "forward")
+
+
+def openelb_role(argv: Sequence[str]) -> str | None:
+    """Which OpenELB daemon a command line runs, however it was started: the image's `openelb
+    speaker` (a console script under its Python), Go OpenELB's `openelb-speaker`, or this
+    checkout's `python -m openelb speaker`. Tests and benchmarks find the Pods' processes by it."""
+    head = list(argv[:4])
+    for i, arg in enumerate(head):
+        base = arg.rsplit("/", 1)[-1]
+        if base == "openelb" and i + 1 < len(argv) and (i == 0 or head[i - 1] == "-m" or "/" in arg):
+            role = argv[i + 1]
+            return role if role in ROLES else None
+        if base in GO_COMMANDS:
+            return GO_COMMANDS[base]
+    return None
+
+
+def checkout_argv(argv: Sequence[str]) -> list[str]:
+    """The image's `openelb` (and Go OpenELB's `openelb-controller`/`openelb-speaker`, which the
+    image has too) as this checkout's Python runs it."""
+    argv = list(argv)
+    if argv[:1] and argv[0] in GO_COMMANDS:
+        argv = [*ENTRYPOINT, GO_COMMANDS[argv[0]], *argv[1:]]
+    if argv[:1] == list(ENTRYPOINT):
+        argv = [sys.executable, "-m", "openelb", *argv[1:]]
+    return argv
 
 
 def _field(pod: Pod, path: str, pod_ip: str, host_ip: str) -> str:
@@ -96,10 +134,7 @@ def _field(pod: Pod, path: str, pod_ip: str, host_ip: str) -> str:
 def _probe(c: Container, kind: str, ports: dict[str, int]) -> Probe | None:
     probe = getattr(c, kind)
     if probe is not None and probe.exec is not None and probe.exec.command:
-        cmd = list(probe.exec.command)
-        if cmd[:1] == list(ENTRYPOINT):  # the image's `openelb`: this checkout's
-            cmd = [sys.executable, "-m", "openelb", *cmd[1:]]
-        return Probe(exec=tuple(cmd), timeout=float(probe.timeoutSeconds or 1))
+        return Probe(exec=tuple(probe.exec.command), timeout=float(probe.timeoutSeconds or 1))
     if probe is not None and probe.tcpSocket is not None:
         port = probe.tcpSocket.port
         if isinstance(port, str) and not port.isdigit():
@@ -121,14 +156,7 @@ def plan(pod: Pod, c: Container, lookup: Lookup, api: tuple[str, int], *, pod_ip
     md, spec = pod.metadata, pod.spec
     assert md is not None and spec is not None
     argv = list(c.command or ENTRYPOINT) + list(c.args or [])
-    if argv[0] in GO_COMMANDS:
-        argv = [*ENTRYPOINT, GO_COMMANDS[argv[0]], *argv[1:]]
-    if argv[:1] == list(ENTRYPOINT):
-        argv = [sys.executable, "-m", "openelb", *argv[1:]]
     env = {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "HOME": "/tmp",
-        "PYTHONDONTWRITEBYTECODE": "1",
         "KUBERNETES_SERVICE_HOST": api[0],
         "KUBERNETES_SERVICE_PORT": str(api[1]),
     }
@@ -186,6 +214,8 @@ def plan(pod: Pod, c: Container, lookup: Lookup, api: tuple[str, int], *, pod_ip
         caps=caps,
         readiness=_probe(c, "readinessProbe", ports),
         mounts=tuple(mounts),
+        read_only_root=bool(sc and sc.readOnlyRootFilesystem),
+        no_new_privs=bool(sc and sc.allowPrivilegeEscalation is False),
     )
 
 
@@ -202,7 +232,7 @@ def wrap(run: ContainerRun, netns_name: str, sa_dir: str, volumes: tuple[tuple[s
         priv += [f"--bounding-set={keep}", f"--inh-caps={keep}"]
         if run.user and run.caps:
             priv += [f"--ambient-caps={keep}"]
-    inner += [*priv, "--", *run.argv]
+    inner += [*priv, "--", *checkout_argv(run.argv)]
     binds = "".join(f" && mkdir -p {shlex.quote(dst)} && mount --bind {shlex.quote(src)} {shlex.quote(dst)}"
                     for src, dst in volumes)  # fmt: skip
     script = f'mount --bind "$0" {SA_DIR}{binds} && exec "$@"'

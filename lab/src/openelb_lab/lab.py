@@ -28,7 +28,7 @@ from lightkube.types import PatchType
 
 from openelb import pki
 from openelb.kube.client import sync_client
-from openelb_lab import binaries, components, containers, netns, processes, topology
+from openelb_lab import binaries, components, containers, netns, oci, processes, topology
 from openelb_lab.components import Paths
 from openelb_lab.plan import FULL_NODES, LabPlan, NodePlan, make_plan
 
@@ -117,7 +117,16 @@ def is_healthy(paths: Paths) -> bool:
         return False
 
 
-def up(node_count: int = 3, proxy_mode: str = "nftables", quiet: bool = False, full_nodes: int = FULL_NODES) -> LabPlan:
+def up(
+    node_count: int = 3,
+    proxy_mode: str = "nftables",
+    quiet: bool = False,
+    full_nodes: int = FULL_NODES,
+    runtime: str | None = None,
+) -> LabPlan:
+    """Start the lab (idempotent). `runtime`: how OpenELB's Pods run, "image" (default) or
+    "checkout"; unset, from OPENELB_LAB_RUNTIME."""
+    runtime = runtime or os.environ.get("OPENELB_LAB_RUNTIME") or "image"
     require_root()
     say = Progress(quiet)
     paths = Paths(state_dir())
@@ -127,6 +136,7 @@ def up(node_count: int = 3, proxy_mode: str = "nftables", quiet: bool = False, f
         if (
             len(existing.nodes) == node_count
             and existing.proxy_mode == proxy_mode
+            and existing.runtime == runtime
             and full == min(full_nodes, node_count)
         ):
             say(f"lab already up ({len(existing.nodes)} nodes); nothing to do")
@@ -140,8 +150,14 @@ def up(node_count: int = 3, proxy_mode: str = "nftables", quiet: bool = False, f
     say("locating Kubernetes binaries (building them when missing: ~15-30 min cold)")
     bins = binaries.ensure()
     say(f"binaries: {bins} ({binaries.version(bins)})")
-    plan = make_plan(node_count, proxy_mode, full_nodes)
+    plan = make_plan(node_count, proxy_mode, full_nodes, runtime)
     paths.state.mkdir(parents=True, exist_ok=True)
+    if runtime == "image":
+        say("the OpenELB image: building it when its inputs changed (~70 s), unpacking it for runc")
+        try:
+            oci.prepare(paths.image)
+        except oci.ImageError as exc:
+            raise LabError(str(exc)) from None
     paths.plan_file.write_text(json.dumps(plan.to_json(), indent=2))
     try:
         _up(plan, paths, bins, say)
@@ -368,6 +384,9 @@ def down(quiet: bool = False, keep_logs: bool = False) -> list[str]:
     for d in daemons:
         if processes.stop(paths.state, d):
             removed.append(f"process {d.name} ({d.pid})")
+    for cid in oci.containers(paths.runc):  # left by a runc killed before its container ended
+        oci.delete(paths.runc, cid)
+        removed.append(f"container {cid}")
     removed += topology.teardown(plan)
     sa = Path(containers.SA_DIR)
     for folder in (sa, sa.parent, sa.parent.parent):  # /run/secrets/kubernetes.io/serviceaccount

@@ -84,6 +84,9 @@ class LabPlan:
     api_v4: str = str(LAN_V4[1])
     ports: Ports = field(default_factory=Ports)
     proxy_mode: str = "nftables"
+    runtime: str = "image"
+    """How OpenELB's containers run: "image" (the OCI image under runc, as users run it) or
+    "checkout" (this checkout's Python: no image build, for quick iterations on the code)."""
 
     @property
     def api_url(self) -> str:
@@ -132,10 +135,16 @@ class LabPlan:
             api_v4=data["api_v4"],
             ports=Ports(**data["ports"]),
             proxy_mode=data["proxy_mode"],
+            runtime=data.get("runtime", "image"),
         )
 
 
-def make_plan(node_count: int = 3, proxy_mode: str = "nftables", full_nodes: int = FULL_NODES) -> LabPlan:
+RUNTIMES = ("image", "checkout")
+
+
+def make_plan(
+    node_count: int = 3, proxy_mode: str = "nftables", full_nodes: int = FULL_NODES, runtime: str = "image"
+) -> LabPlan:
     """Name and address every lab host.
 
     LAN 198.18.0.0/24 + 2001:db8:0:1::/64: apiserver .1, router .2, nodes .11 upwards, client .100.
@@ -147,6 +156,8 @@ def make_plan(node_count: int = 3, proxy_mode: str = "nftables", full_nodes: int
         raise ValueError(f"node count must be between 1 and {MAX_NODES}, got {node_count}")
     if proxy_mode not in ("nftables", "iptables"):
         raise ValueError(f"kube-proxy mode must be nftables or iptables, got {proxy_mode!r}")
+    if runtime not in RUNTIMES:
+        raise ValueError(f"container runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     nodes = []
     for i in range(1, node_count + 1):
         name = f"node-{i}"
@@ -171,7 +182,9 @@ def make_plan(node_count: int = 3, proxy_mode: str = "nftables", full_nodes: int
         wan_v6=str(WAN_V6[1]),
     )
     remote = Host("remote", f"{PREFIX}-remote", wan_v4=str(WAN_V4[10]), wan_v6=str(WAN_V6[0x10]))
-    return LabPlan(nodes=tuple(nodes), client=client, router=router, remote=remote, proxy_mode=proxy_mode)
+    return LabPlan(
+        nodes=tuple(nodes), client=client, router=router, remote=remote, proxy_mode=proxy_mode, runtime=runtime
+    )
 
 
 def pod_addresses(node: NodePlan, index: int) -> tuple[str, str]:

@@ -42,13 +42,22 @@ LABEL_NODE_PROXY_EXCLUDE = "node-proxy.openelb.kubesphere.io/exclude-node"
 LABEL_NODE_PROXY = "node-proxy.openelb.kubesphere.io/proxy"
 """New, on proxy workloads and their Pods: what the controller's informers select."""
 FINALIZER_NODE_PROXY = "node-proxy.openelb.kubesphere.io/finalizer"
+"""Go OpenELB's; we only remove it (see GO_FINALIZERS)."""
 
 LABEL_POOL = ANNOTATION_POOL
 LABEL_RACK = "openelb.kubesphere.io/rack"
 LABEL_CNI = "openelb.kubesphere.io/cni"
 
 FINALIZER_SERVICE = "finalizer.lb.kubesphere.io/v1alpha1"
+"""Go OpenELB's on Services (controller) and on BgpConf/BgpPeer (speakers)."""
 FINALIZER_EIP = "finalizer.ipam.kubesphere.io/v1alpha1"
+GO_FINALIZERS = (FINALIZER_SERVICE, FINALIZER_EIP, FINALIZER_NODE_PROXY)
+"""Finalizers Go OpenELB adds and we never do, only remove where we find them. A finalizer that
+only OpenELB's own daemons remove makes every uninstall hang (`kubectl delete -f` removes the RBAC
+and the Pods ~100 ms after the CRDs, and user Services would keep theirs forever); each job they
+did is level-triggered here instead: a Service's IP is free once the Service is gone (the
+allocator is rebuilt from live Services), an in-use Eip's deletion is refused by the webhook, a
+NodeProxy workload is deleted on its Service's DELETED event or, if missed, at the next start."""
 
 DEFAULT_LB_CLASS = "openelb.kubesphere.io/lb"
 DEFAULT_NAMESPACE = "openelb-system"

@@ -242,6 +242,9 @@ class IpamController:
             self.metrics.failures.inc()
             self.recorder.emit(service_target(svc), "Warning", "AssignIPFailed", f"failed to assign ip: {exc}")
             # Whatever the Service held stays (status untouched): a bad edit never loses an IP.
+            if names.FINALIZER_SERVICE in (svc.metadata.finalizers or []):  # but not Go's finalizer
+                strip = {"$deleteFromPrimitiveList/finalizers": [names.FINALIZER_SERVICE]}
+                await self._patch_service(svc, {"metadata": strip})
             return
         self.pending.discard(key)
         if old is not None and old != got:
@@ -269,8 +272,8 @@ class IpamController:
         md = svc.metadata
         pool_label = got.pools[0] if len(got.pools[0]) <= 63 else None
         marks: dict[str, Any] = {}
-        if names.FINALIZER_SERVICE not in (md.finalizers or []):
-            marks["finalizers"] = [names.FINALIZER_SERVICE]  # strategic merge: added to the others
+        if names.FINALIZER_SERVICE in (md.finalizers or []):  # Go OpenELB's: see names.GO_FINALIZERS
+            marks["$deleteFromPrimitiveList/finalizers"] = [names.FINALIZER_SERVICE]
         if pool_label and (md.labels or {}).get(names.LABEL_POOL) != pool_label:
             marks["labels"] = {names.LABEL_POOL: pool_label}
         ingress = [{"ip": str(ip), "ipMode": "VIP"} for ip in got.ips]
@@ -293,13 +296,23 @@ class IpamController:
             )  # a Service, typed by lightkube as its status subresource
             self.services.remember(out)
             if marks and not _marks_applied(out, marks):
-                out = await self.client.patch(
-                    Service, name, {"metadata": marks}, namespace=ns, patch_type=PatchType.STRATEGIC
-                )
-                self.services.remember(out)
+                await self._patch_service(svc, {"metadata": marks})
         except ApiError as exc:
             if exc.status.code != 404:
                 raise  # 404: the Service is gone; its DELETED event releases whatever it held
+
+    async def _patch_service(self, svc: Service, patch: dict[str, Any]) -> None:
+        """Strategic merge patch of the Service itself (its metadata: labels and finalizers)."""
+        assert svc.metadata is not None
+        try:
+            out = await self.client.patch(
+                Service, svc.metadata.name or "", patch, namespace=svc.metadata.namespace or "default",
+                patch_type=PatchType.STRATEGIC,
+            )  # fmt: skip
+            self.services.remember(out)
+        except ApiError as exc:
+            if exc.status.code != 404:
+                raise
 
     async def _release(self, key: str, svc: Service) -> None:
         gone = self.alloc.release(key)
@@ -308,11 +321,10 @@ class IpamController:
             return  # not ours and never was: not even its status is ours to touch
         released = gone.ips if gone else tuple(ingress_ips(svc))
         marks: dict[str, Any] = {}
-        if sp.has_our_marks(svc):
-            marks = {
-                "labels": {names.LABEL_POOL: None},
-                "$deleteFromPrimitiveList/finalizers": [names.FINALIZER_SERVICE],
-            }
+        if names.LABEL_POOL in ((svc.metadata.labels if svc.metadata else None) or {}):
+            marks["labels"] = {names.LABEL_POOL: None}
+        if names.FINALIZER_SERVICE in ((svc.metadata.finalizers if svc.metadata else None) or []):
+            marks["$deleteFromPrimitiveList/finalizers"] = [names.FINALIZER_SERVICE]
         if sp.is_node_proxy(svc, self.policy):  # its ingress lists node addresses, NodeProxy's to write
             if marks:
                 await self._write_service(svc, marks, {})
@@ -337,24 +349,10 @@ class IpamController:
         view = EipView.from_object(obj)
         md = obj.metadata
         finalizers = (md.finalizers if md else None) or []
-        if view.deleting:
-            holders = sorted({k for keys in self._pool_used(name).values() for k in keys})
-            if holders:
-                self.recorder.emit(
-                    _eip_target(obj),
-                    "Warning",
-                    "DeleteEipBlocked",
-                    f"eip {name} is still used by {', '.join(holders)}; it is deleted once they release it",
-                )
-            elif names.FINALIZER_EIP in finalizers:
-                rest = [f for f in finalizers if f != names.FINALIZER_EIP]
-                await self._patch_eip(name, {"metadata": {"finalizers": rest, "resourceVersion": md.resourceVersion}})
-                return
-        elif names.FINALIZER_EIP not in finalizers:
-            await self._patch_eip(
-                name,
-                {"metadata": {"finalizers": [*finalizers, names.FINALIZER_EIP], "resourceVersion": md.resourceVersion}},
-            )
+        if names.FINALIZER_EIP in finalizers:  # Go OpenELB's (or ours before 0.7): see names.GO_FINALIZERS
+            rest = [f for f in finalizers if f != names.FINALIZER_EIP]
+            await self._patch_eip(name, {"metadata": {"finalizers": rest, "resourceVersion": md.resourceVersion}})
+            return  # its event brings us back
         status = self._eip_status(view)
         current = obj.get("status") or {}
         changed = {k: v for k, v in status.items() if current.get(k) != v}

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from openelb.api import names
+from openelb.controller import takeover
 from openelb.controller.ipam import IpamController
 from openelb.controller.metrics import Metrics
 from openelb.controller.nodeproxy import NodeProxyController
@@ -66,8 +67,9 @@ async def run(opts: ControllerOptions) -> None:
     ctrl.service_hooks.append(proxies.on_service)
 
     async def active() -> None:
-        """What the leader runs: IP assignment and NodeProxy, on one Service cache."""
-        await asyncio.gather(ctrl.run(), proxies.run())
+        """What the leader runs: IP assignment and NodeProxy, on one Service cache (and, once,
+        the removal of Go OpenELB's finalizers from BGP objects)."""
+        await asyncio.gather(ctrl.run(), proxies.run(), takeover.strip_go_finalizers(client))
 
     runners: list[ProbeServer | web.AppRunner] = []
     # Made before anything is served: /readyz reads it, also during the certificate setup below.

@@ -1,12 +1,14 @@
 """NodeProxy mode's reconciler: one proxy workload per Service, the nodes' addresses published.
 
 Level-triggered like the IPAM reconciler (events only enqueue the Service's key): a Service with
-`node-proxy.openelb.kubesphere.io/type: deployment|daemonset` gets our finalizer and the workload
+`node-proxy.openelb.kubesphere.io/type: deployment|daemonset` gets the workload
 `nodeproxy.workload.manifest` describes (the other kind removed); the nodes whose proxy Pod is
 Running and Ready are written to the Service as Go OpenELB's two annotations and — beyond it — as
 `status.loadBalancer.ingress`, so `kubectl get svc` shows them. Removing the annotation, changing
-the type or the ports, and deleting the Service converge with nothing left behind; a Service
-whose workload is already gone loses its finalizer anyway (Go OpenELB's stuck Service).
+the type or the ports, and deleting the Service converge with nothing left behind. No finalizer:
+Go OpenELB's (whose Service hung when its workload was already gone, and which hangs every
+uninstall) is removed where found; a Service deleted while we were down loses its workload at
+the next start, when every workload's owner is reconciled.
 
 Proxy Pods and workloads map back to their Service by the workload's name, indexed when the
 workload is written or first seen (its annotation names the Service).
@@ -190,7 +192,7 @@ class NodeProxyController:
         ns, _, name = key.partition("/")
         wname = wl.workload_name(ns, name)
         if svc is None or svc.metadata is None:
-            await self._delete_workloads(wname)  # deleted without our finalizer (or we were down)
+            await self._delete_workloads(wname)  # deleted (while we were down, too: `run` queues every owner)
             self.serving.pop(key, None)
             return
         md = svc.metadata
@@ -216,8 +218,9 @@ class NodeProxyController:
             await self._publish(svc, key, set())
             return
         self._warned.pop(key, None)
-        if not ours:
-            await self._patch_service(svc, {"metadata": {"finalizers": [names.FINALIZER_NODE_PROXY]}})  # appended
+        if ours:  # Go OpenELB's, never ours: see names.GO_FINALIZERS
+            patch = {"metadata": {"$deleteFromPrimitiveList/finalizers": [names.FINALIZER_NODE_PROXY]}}
+            await self._patch_service(svc, patch)
         proxy = wl.proxy_spec(key, kind, cluster_ips, ports)
         body = wl.manifest(proxy, self.namespace, self.image)
         self.owner[wname] = key

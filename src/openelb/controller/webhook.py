@@ -13,8 +13,8 @@ import base64
 import contextlib
 import datetime as dt
 import logging
+import os
 import ssl
-import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -138,11 +138,19 @@ class CertManager:
         return data
 
     def _load(self, cert: bytes, key: bytes) -> None:
-        with tempfile.TemporaryDirectory() as d:
-            c, k = Path(d) / "tls.crt", Path(d) / "tls.key"
-            c.write_bytes(cert)
-            pki.write_secret(k, key)
-            self.ctx.load_cert_chain(c, k)
+        """ssl reads a certificate only from files: anonymous in-memory ones (memfd), since the
+        controller runs with a read-only root filesystem and no writable /tmp (the chart's
+        securityContext; found when the lab first ran the image), and the key never touches a disk."""
+        fds = []
+        try:
+            for data in (cert, key):
+                fd = os.memfd_create("openelb-webhook-tls", os.MFD_CLOEXEC)
+                fds.append(fd)
+                os.write(fd, data)
+            self.ctx.load_cert_chain(f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}")
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     async def patch_ca_bundle(self) -> None:
         try:

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 from lightkube.core.exceptions import ApiError
+from lightkube.resources.apps_v1 import DaemonSet
 from lightkube.resources.core_v1 import ConfigMap, Endpoints, Node, Service
 from lightkube.resources.discovery_v1 import EndpointSlice
 from prometheus_client import CollectorRegistry
@@ -79,6 +80,8 @@ class SpeakerOptions:
     """Seconds between full recomputes compared with the incremental plan (0: never)."""
     announce_settle: float = 2.0
     announce_rate: float = 20.0
+    daemonset: str = ""
+    """Our DaemonSet in `namespace` (""): looked up at shutdown, see `Speaker._uninstalled`."""
 
 
 class Speaker:
@@ -490,7 +493,7 @@ class Speaker:
             if self.announcer:
                 self.announcer.close()
             if self.bgp is not None:
-                await self.bgp.close(graceful_restart=True)
+                await self.bgp.close(graceful_restart=not await self._uninstalled())
             if self.watcher is not None:
                 self.watcher.close()
             if self.host is not None:
@@ -502,6 +505,28 @@ class Speaker:
                 async with asyncio.timeout(1):
                     await self.recorder.flush()
             await self.client.close()
+
+    async def _uninstalled(self) -> bool:
+        """Whether this stop is an uninstall: our DaemonSet is gone or going, or our own RBAC or
+        ServiceAccount is (403, 401; `kubectl delete -f` and `helm uninstall` remove them within
+        the same second). No restart will follow then, so keeping our routes at the routers for
+        restartTime (graceful restart) would only blackhole them. A rolling update or a node
+        reboot keeps all of these, and anything unclear (no answer in 2 s) keeps graceful restart."""
+        if not self.opts.daemonset:
+            return False
+        try:
+            async with asyncio.timeout(2):
+                ds = await self.client.get(DaemonSet, self.opts.daemonset, namespace=self.opts.namespace)
+        except ApiError as exc:
+            gone = exc.status.code in (401, 403, 404)
+        except Exception:
+            return False
+        else:
+            gone = ds.metadata is not None and ds.metadata.deletionTimestamp is not None
+        if gone:
+            log.info("DaemonSet %s/%s is gone (an uninstall): BGP sessions close without graceful restart",
+                     self.opts.namespace, self.opts.daemonset)  # fmt: skip
+        return gone
 
     async def _endpoints_source(self) -> None:
         """EndpointSlices, or core/v1 Endpoints where RBAC grants only those (Go OpenELB's
