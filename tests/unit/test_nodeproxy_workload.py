@@ -34,9 +34,11 @@ def test_manifest_is_least_privilege_and_carries_the_ports() -> None:
     assert terms[0]["matchExpressions"][0] == {"key": names.LABEL_NODE_PROXY_EXCLUDE, "operator": "DoesNotExist"}
     low = wl.manifest(wl.proxy_spec("ns/web", "deployment", ["198.51.100.10"], [("TCP", 80)]), "x", "img")
     assert low["kind"] == "Deployment" and low["spec"]["strategy"] == {"type": "Recreate"}
-    assert low["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]["add"] == [
-        "NET_BIND_SERVICE"
-    ]
+    low_sc = low["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+    assert low_sc["capabilities"]["add"] == ["NET_BIND_SERVICE"]
+    # no ambient capabilities in Kubernetes: a non-root user loses NET_BIND_SERVICE at exec
+    assert low_sc["runAsUser"] == 0 and low_sc["runAsNonRoot"] is False and low_sc["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["runAsUser"] == 65532
 
 
 def test_published_addresses_are_sorted_and_ingress_prefers_external() -> None:

@@ -59,6 +59,7 @@ def test_a_root_speaker_with_exactly_its_capabilities_volumes_under_tmp_and_an_r
     s = spec(run, rootfs, volumes=[("/lab/v0", "/tmp/certs")], rt_budget=True)
     assert s["process"]["user"] == {"uid": 0, "gid": 0}
     assert s["process"]["capabilities"]["effective"] == ["CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SYS_NICE"]
+    assert "ambient" not in s["process"]["capabilities"]  # none in Kubernetes: non-root loses them at exec
     assert s["process"]["noNewPrivileges"] is False
     destinations = [m["destination"] for m in s["mounts"]]
     assert destinations.index("/tmp") < destinations.index("/tmp/certs")  # the tmpfs first, then what it holds

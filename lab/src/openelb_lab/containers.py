@@ -230,8 +230,7 @@ def wrap(run: ContainerRun, netns_name: str, sa_dir: str, volumes: tuple[tuple[s
     if run.caps is not None:
         keep = ",".join(["-all", *(f"+{c}" for c in run.caps)])
         priv += [f"--bounding-set={keep}", f"--inh-caps={keep}"]
-        if run.user and run.caps:
-            priv += [f"--ambient-caps={keep}"]
+        # No ambient set, as Kubernetes sets none: a non-root user's capabilities end at the exec.
     inner += [*priv, "--", *checkout_argv(run.argv)]
     binds = "".join(f" && mkdir -p {shlex.quote(dst)} && mount --bind {shlex.quote(src)} {shlex.quote(dst)}"
                     for src, dst in volumes)  # fmt: skip

@@ -4,9 +4,10 @@ Go OpenELB ran, per Service, a Deployment or DaemonSet whose pods DNAT each Serv
 hostPort to the ClusterIP with iptables (a privileged init container for ip_forward, NET_ADMIN for
 the rules, two extra images). Ours runs `openelb forward` from our own image in the node's network
 namespace: it listens on the Service's ports and relays each connection (TCP) or flow (UDP) to the
-ClusterIP, where kube-proxy picks a Pod. No capability at all (NET_BIND_SERVICE only for ports
-below 1024), no rules to leave behind when it dies, and a port already taken on a node is a bind
-error there (that Pod stays unready, the others serve) instead of a silent DNAT shadowing it.
+ClusterIP, where kube-proxy picks a Pod. No capability at all and a non-root user (for a port
+below 1024: UID 0 with NET_BIND_SERVICE alone, the only way a Kubernetes container keeps one),
+no rules to leave behind when it dies, and a port already taken on a node is a bind error there
+(that Pod stays unready, the others serve) instead of a silent DNAT shadowing it.
 """
 
 from __future__ import annotations
@@ -65,6 +66,11 @@ def manifest(spec: ProxySpec, namespace: str, image: str) -> dict[str, Any]:
     args = ["forward", f"--ready-name={name}", *(f"--to={ip}" for ip in spec.cluster_ips)]
     args += [f"--port={p.protocol.lower()}/{p.port}" for p in spec.ports]
     caps = ["NET_BIND_SERVICE"] if any(p.port < 1024 for p in spec.ports) else []
+    # A capability survives the exec into the container's program only for UID 0: Kubernetes sets
+    # no ambient capabilities, so a non-root user's added ones are gone by the time it binds (the
+    # lab running the image under runc found exactly that: port 80 refused). Root then, with
+    # nothing but NET_BIND_SERVICE; without a port below 1024, no capability and UID 65532.
+    uid = 0 if caps else 65532
     container: dict[str, Any] = {
         "name": "forward",
         "image": image,
@@ -80,9 +86,9 @@ def manifest(spec: ProxySpec, namespace: str, image: str) -> dict[str, Any]:
             for p in spec.ports
         ],
         "securityContext": {
-            "runAsUser": 65532,
-            "runAsGroup": 65532,
-            "runAsNonRoot": True,
+            "runAsUser": uid,
+            "runAsGroup": uid,
+            "runAsNonRoot": uid != 0,
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
             "capabilities": {"drop": ["ALL"], **({"add": caps} if caps else {})},
