@@ -10,7 +10,8 @@ checker can tell their writes apart). Then for `--seconds`: Service operations a
 ports, sharing key); the leader SIGKILLed every `--kill-every` s (and restarted, as its
 Deployment would); once, the leader SIGSTOPped for 20 s (past its 15 s lease) and then resumed;
 the apiserver restarted at a third of the run (`--outage S`: kept down S seconds first), etcd at
-two thirds. The checker watches Services
+two thirds; a speaker (one per node, announcing a fixed set of Layer2 Services in namespace
+`chaos-l2`) SIGKILLed every `--speaker-kill-every` s and restarted. The checker watches Services
 and the Lease from its own connection throughout and counts:
 
 - `duplicates`: an IP held by two Services at one instant that may not share it (no common
@@ -19,7 +20,10 @@ and the Lease from its own connection throughout and counts:
 - `stale_writes`: a write by the paused replica after another took the lease (fencing);
 then, `--settle` s after the chaos stops:
 - `missing`: Services that ask for an IP and have none;
-- `status_mismatch`: IPs in `Eip.status.used` without that Service holding them, or the reverse.
+- `status_mismatch`: IPs in `Eip.status.used` without that Service holding them, or the reverse;
+- `unannounced`, `split`, `wrong_announcer`: a Layer2 Service's IP that no node answers ARP for,
+  that two nodes answer for, or whose announcer annotation names another node than the one
+  answering (the speakers' part: killed ones must leave no IP behind and no stale claim).
 
 Every count must be 0. `tests/lab/test_chaos.py` runs a short version in CI.
 """
@@ -44,15 +48,19 @@ from lightkube.core.exceptions import ApiError
 from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.core_v1 import Service
 
+from failover import arp_owners  # the failover bench's probe: one definition of "who answers ARP"
 from openelb.api import crds, names
 from openelb.kube.client import sync_client
 from openelb.kube.resources import Eip
-from openelb_lab import lab, workloads
+from openelb_lab import lab, netns, workloads
 from openelb_lab.components import Paths
+from openelb_lab.plan import LabPlan, NodePlan
 
 NS = "chaos"
 CTL_NS = "chaos-system"
 POOLS = {"chaos-a": "198.18.32.0/19", "chaos-b": "198.18.128.0/18"}
+L2_NS, L2_POOL, L2_RANGE, L2_SERVICES = "chaos-l2", "chaos-l2", "198.18.0.150-198.18.0.179", 10
+"""The speakers' share of the soak: a fixed set of Layer2 Services on the lab LAN (the client ARPs)."""
 T0 = time.monotonic()
 REQUEST_GRACE = 30.0
 """Seconds after a Service's request changed during which its IP may change or go (the answer)."""
@@ -120,10 +128,15 @@ class Counts:
     fenced: int = 0
     """Writes the resumed stale replica attempted and its fence refused (from its log)."""
     stale_exited: bool = False
+    speaker_kills: int = 0
+    unannounced: int = 0
+    split: int = 0
+    wrong_announcer: int = 0
     examples: list[str] = field(default_factory=list)
 
     def violations(self) -> int:
-        return self.duplicates + self.moved + self.stale_writes + self.missing + self.status_mismatch
+        return (self.duplicates + self.moved + self.stale_writes + self.missing + self.status_mismatch
+                + self.unannounced + self.split + self.wrong_announcer)  # fmt: skip
 
     def note(self, what: str) -> None:
         if len(self.examples) < 20:
@@ -258,6 +271,8 @@ class Checker:
                 held.setdefault(ip, set()).add(key.rsplit("/", 1)[0])
         recorded: dict[str, set[str]] = {}
         for eip in kube.list(Eip):
+            if eip.metadata.name not in POOLS:
+                continue  # the speakers' Layer2 pool: checked by `announcements`
             for ip, keys in ((eip.get("status") or {}).get("used") or {}).items():
                 recorded.setdefault(ip, set()).update(k for k in str(keys).split(";") if k)
         for ip in set(held) | set(recorded):
@@ -299,6 +314,60 @@ class Replica:
             assert self.proc is not None
             self.proc.kill()
             self.proc.wait(10)
+
+
+class SpeakerActor:
+    """`openelb speaker` in a node's namespace, as its DaemonSet Pod runs it (hostNetwork)."""
+
+    def __init__(self, node: NodePlan, kc: Path) -> None:
+        self.node, self.kc = node, kc
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = Path(f"/tmp/openelb-chaos-speaker-{node.name}.log")
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                netns.exec_argv(self.node.netns, [sys.executable, "-m", "openelb", "speaker", f"--kubeconfig={self.kc}"]),  # noqa: E501
+                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "NODE_NAME": self.node.name},
+            )  # fmt: skip
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def _mac(node: NodePlan) -> str:
+    out = subprocess.run(netns.exec_argv(node.netns, ["cat", "/sys/class/net/eth0/address"]),
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    return out.stdout.strip().lower()
+
+
+def announcements(plan: LabPlan, kube: Client, counts: Counts) -> None:
+    """After settling: each Layer2 Service's IP answered by exactly one node, the one its
+    announcer annotation names (three ARP requests from the client, as the failover bench asks)."""
+    macs = {_mac(n): n.name for n in plan.nodes}
+    for svc in kube.list(Service, namespace=L2_NS):
+        key, ips = _key(svc), ingress(svc)
+        if not ips:
+            counts.unannounced += 1
+            counts.note(f"unannounced: {key} has no IP")
+            continue
+        owners = arp_owners(plan.client.netns, ips[0], macs)
+        claimed = ((svc.metadata.annotations if svc.metadata else None) or {}).get(names.ANNOTATION_LAYER2_ANNOUNCER)
+        if not owners:
+            counts.unannounced += 1
+            counts.note(f"unannounced: no node answers ARP for {ips[0]} ({key})")
+        elif len(owners) > 1:
+            counts.split += 1
+            counts.note(f"split: {sorted(owners)} all answer ARP for {ips[0]} ({key})")
+        elif claimed != next(iter(owners)):
+            counts.wrong_announcer += 1
+            counts.note(f"wrong announcer: {key} names {claimed}, {next(iter(owners))} answers for {ips[0]}")
 
 
 def leader(kube: Client) -> str | None:
@@ -372,29 +441,48 @@ def operate(kube: Client, rnd: random.Random, services: int, present: set[int]) 
 
 
 def run(
-    services: int, seconds: float, rate: float, kill_every: float, settle: float, *, seed: int = 1, outage: float = 0
+    services: int,
+    seconds: float,
+    rate: float,
+    kill_every: float,
+    settle: float,
+    *,
+    seed: int = 1,
+    outage: float = 0,
+    speaker_kill_every: float = 10,
 ) -> Counts:
     """The soak on a lab of its own (brought up here and always taken down)."""
-    lab.up(3)
+    plan = lab.up(3)
     kc = Paths(lab.state_dir()).kubeconfig("admin")
     kube = sync_client(kc, field_manager="chaos-workload")
     counts = Counts()
     rnd = random.Random(seed)  # noqa: S311 - workload, not crypto
     replicas = {n: Replica(n, kc) for n in ("ctl-a", "ctl-b")}
+    speakers = [SpeakerActor(n, kc) for n in plan.nodes]
     checker = Checker(sync_client(kc, field_manager="chaos-checker"), counts)
     try:
         for crd in crds.definitions():
             workloads.apply(kube, crd)
         workloads.poll("Eip API", lambda: list(kube.list(Eip)) is not None, 30)
-        for ns in (NS, CTL_NS):
+        for ns in (NS, CTL_NS, L2_NS):
             workloads.ensure_namespace(kube, ns)
-        for name, cidr in POOLS.items():
+        pools = {**{name: {"address": cidr, "protocol": "bgp"} for name, cidr in POOLS.items()},
+                 L2_POOL: {"address": L2_RANGE, "protocol": "layer2", "interface": "eth0"}}  # fmt: skip
+        for name, spec in pools.items():
             eip = {"apiVersion": f"{names.GROUP}/{names.VERSION}", "kind": "Eip", "metadata": {"name": name},
-                   "spec": {"address": cidr, "protocol": "bgp"}}  # fmt: skip
+                   "spec": spec}  # fmt: skip
             workloads.apply(kube, eip)
         for r in replicas.values():
             r.start()
+        for sp in speakers:
+            sp.start()
         workloads.poll("a leader", lambda: leader(kube) in replicas, 60)
+        for i in range(L2_SERVICES):
+            ann = {names.ANNOTATION_LB: names.LB_VALUE, names.ANNOTATION_POOL: L2_POOL}
+            workloads.apply(kube, {"apiVersion": "v1", "kind": "Service",
+                                   "metadata": {"name": f"l2-{i}", "namespace": L2_NS, "annotations": ann},
+                                   "spec": {"type": "LoadBalancer", "selector": {"app": "none"},
+                                            "ports": [{"name": "p", "port": 80}]}})  # fmt: skip
         checker.start()
         present: set[int] = set()
         say(f"creating {services // 2} Services")
@@ -404,9 +492,13 @@ def run(
                 with contextlib.suppress(ApiError):
                     kube.create(Service.from_dict(service_body(i, rnd)))
                 present.add(i)
-        say(f"chaos for {seconds:.0f} s at {rate:.0f} operations/s, leader killed every {kill_every:.0f} s")
+        say(
+            f"chaos for {seconds:.0f} s at {rate:.0f} operations/s, leader killed every {kill_every:.0f} s, "
+            f"a speaker every {speaker_kill_every:.0f} s"
+        )
         start = time.monotonic()
         next_kill = start + kill_every
+        next_speaker_kill = start + speaker_kill_every
         pause_at, pause_len = start + seconds * 0.1, 20.0
         api_at, etcd_at = start + seconds * 0.55, start + seconds * 0.8
         paused: Replica | None = None
@@ -423,6 +515,13 @@ def run(
                     if checker.watch_stale == f"chaos-{r.name}":
                         checker.watch_stale = None  # the stale process is gone; a new one may lead later
                     r.start()
+            for sp in speakers:  # ... and a killed speaker, as the DaemonSet's would
+                if not sp.alive():
+                    sp.start()
+            if now >= next_speaker_kill:
+                rnd.choice(speakers).stop()
+                counts.speaker_kills += 1
+                next_speaker_kill = now + speaker_kill_every
             current = leader(kube)
             if paused is None and resumed_at is None and now >= pause_at and current in replicas:
                 paused = replicas[current]
@@ -465,13 +564,19 @@ def run(
         for r in replicas.values():
             if not r.alive():
                 r.start()
+        for sp in speakers:
+            if not sp.alive():
+                sp.start()
         time.sleep(settle)
         checker.settled(kube)
+        announcements(plan, kube, counts)
     finally:
         checker.stop.set()
         for r in replicas.values():
             r.signal(signal.SIGCONT)
             r.stop()
+        for sp in speakers:
+            sp.stop()
         lab.down(quiet=True)
     return counts
 
@@ -479,11 +584,13 @@ def run(
 def report(c: Counts) -> str:
     lines = [
         f"operations {c.operations}, leader kills {c.kills}, pauses past the lease {c.pauses}, "
-        f"apiserver restarts {c.apiserver_restarts}, etcd restarts {c.etcd_restarts}",
+        f"apiserver restarts {c.apiserver_restarts}, etcd restarts {c.etcd_restarts}, speaker kills {c.speaker_kills}",
         f"fencing: lease taken over during the pause {c.takeovers}x; the resumed replica's writes refused by its "
         f"fence {c.fenced}, it stepped down {'yes' if c.stale_exited else 'no'}",
         f"violations: duplicates {c.duplicates}, moved {c.moved}, stale writes {c.stale_writes}, "
-        f"missing {c.missing}, status mismatches {c.status_mismatch} -> {'PASS' if not c.violations() else 'FAIL'}",
+        f"missing {c.missing}, status mismatches {c.status_mismatch}; Layer2 (speakers): unannounced "
+        f"{c.unannounced}, split {c.split}, wrong announcer {c.wrong_announcer} "
+        f"-> {'PASS' if not c.violations() else 'FAIL'}",
     ]
     return "\n".join(lines + [f"  e.g. {e}" for e in c.examples])
 
@@ -496,10 +603,12 @@ def main() -> None:
     ap.add_argument("--kill-every", type=float, default=5)
     ap.add_argument("--settle", type=float, default=30)
     ap.add_argument("--outage", type=float, default=0, help="seconds the apiserver stays down at its restart")
+    ap.add_argument("--speaker-kill-every", type=float, default=10, help="seconds between speaker SIGKILLs")
     args = ap.parse_args()
     if lab.is_healthy(Paths(lab.state_dir())):  # its OpenELB would serve the soak's Services too
         sys.exit("a lab is up: the soak needs one of its own; run `openelb-lab down` first")
-    counts = run(args.services, args.seconds, args.rate, args.kill_every, args.settle, outage=args.outage)
+    counts = run(args.services, args.seconds, args.rate, args.kill_every, args.settle, outage=args.outage,
+                 speaker_kill_every=args.speaker_kill_every)  # fmt: skip
     print(report(counts))
     sys.exit(1 if counts.violations() else 0)
 

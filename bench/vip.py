@@ -7,7 +7,9 @@ Brings up a 3-node lab of its own, the controller and a speaker per node, one `v
 (198.18.128.0/18 on eth0, 16 VRIDs: 8 routers for Cluster IPs), and `--services` LoadBalancer
 Services in it. Measured:
 
-1. create → every IP held by exactly one node (`ip addr` on every node's eth0);
+1. create → every IP held by exactly one node (`ip addr` on every node's eth0), and the VRRP
+   transitions on the way: beyond each router's first mastership, each pair of them is a backup
+   that took over for a moment because its master's adverts came late;
 2. a quiet window: VRRP adverts per second over all speakers (baseline printed beside it: one
    router per IP, as keepalived instances per Service would be, sends IPs / interval), speaker
    CPU and RSS;
@@ -76,6 +78,8 @@ def main() -> None:
         speakers = {n.name: Speaker(n.name, n.netns, kc) for n in lab_plan.nodes}
         workloads.poll("every speaker ready", lambda: all(s.ready() for s in speakers.values()), 120, interval=1)
         t0 = time.monotonic()
+        key_t = "openelb_vip_transitions_total"
+        base = scrape(lab_plan)
         asyncio.run(create(str(kc), args.services))
         created = time.monotonic()
 
@@ -91,6 +95,8 @@ def main() -> None:
         converged = time.monotonic()
         say(f"{args.services:,} IPs held, {converged - created:.0f}s after the last Service was created")
         before = scrape(lab_plan)
+        transitions = sum(before[n].get(key_t, 0) - base[n].get(key_t, 0) for n in before)
+        started = len({k for n in before for k in before[n] if k.startswith("openelb_vip_master{")})
         cpu0 = {n: s.cpu() for n, s in speakers.items()}
         time.sleep(args.window)
         after = scrape(lab_plan)
@@ -127,6 +133,11 @@ def main() -> None:
             f"{converged - created:.0f}s after the last; per node {', '.join(f'{n} {len(v):,}' for n, v in h.items())}"
         )
         print(f"  routers per node (master or backup): {routers}")
+        print(
+            f"  VRRP transitions while the Services were created: {transitions:.0f} "
+            f"(each router's first mastership: {started}; above that, 2 per momentary double master: "
+            f"{max(0.0, transitions - started) / 2:.0f})"
+        )
         print(
             f"  VRRP adverts sent, all speakers: {sent:.0f}/s   (one router per IP at 100 ms would be "
             f"{args.services * 10:,}/s)"

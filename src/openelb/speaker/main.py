@@ -43,9 +43,9 @@ from openelb.speaker.liveness import Heartbeats
 from openelb.speaker.marks import AnnouncerMarks
 from openelb.speaker.metrics import SpeakerCollector
 from openelb.speaker.plan import Plan, full
-from openelb.speaker.vip import VipEngine
 from openelb.speaker.vip_host import VipAddresses
 from openelb.speaker.vip_plan import GroupKey, RouterConfig
+from openelb.speaker.vip_process import VipProcess
 
 log = logging.getLogger("openelb.speaker")
 GRACE_SECONDS = 5.0
@@ -112,7 +112,7 @@ class Speaker:
             settle=opts.announce_settle,
             rate=opts.announce_rate,
         )
-        self.vip: VipEngine | None = None
+        self.vip: VipProcess | None = None
         self.vip_host: VipAddresses | None = None
         self.vip_ips: dict[str, RouterConfig] = {}
         """IP → the router this node is VRRP master of that holds it."""
@@ -202,7 +202,7 @@ class Speaker:
         return desired.Announcement(ip, cfg.eip, cfg.interface, self.opts.node, users, ())
 
     def _vip_state(self, key: GroupKey, cfg: RouterConfig, master: bool) -> None:
-        """From the VRRP thread: this node became master or backup of a router."""
+        """From the VRRP process: this node became master or backup of a router."""
         for ip in cfg.addresses:
             held = self.vip_ips.get(ip)
             if master:
@@ -464,7 +464,7 @@ class Speaker:
             self.announcer = Layer2Announcer(loop, self.host)
         if self.opts.enable_vip and self.opts.local_addresses:
             self.vip_host = await loop.run_in_executor(None, VipAddresses)
-            self.vip = VipEngine(self._vip_state, self.vip_host)
+            self.vip = VipProcess(loop, self._vip_state, self.vip_host)  # started with the first router
         self.ready = True
         self.heartbeats.ready = True
         tasks.append(asyncio.create_task(self.marks.run()))
