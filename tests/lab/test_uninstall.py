@@ -143,6 +143,7 @@ def test_manifest_uninstall_finishes_and_leaves_nothing(
     rc, out, took = kubectl("delete", "-f", str(install.MANIFEST), "--timeout=120s")
     assert rc == 0, out  # it waits for every object, finalizers included
     assert took < 120, took
+    print(f"kubectl delete -f deploy/openelb.yaml returned after {took:.1f} s")
     workloads.poll(f"namespace {NS} gone", lambda: not _exists(kube, Namespace, NS), 90)
     assert not [c.metadata.name for c in kube.list(CustomResourceDefinition)  # type: ignore[union-attr]
                 if c.metadata.name.endswith(".network.kubesphere.io")]  # type: ignore[union-attr]  # fmt: skip
@@ -159,8 +160,9 @@ def test_helm_uninstall_finishes_and_leaves_nothing(
     try:
         install.wait_ready(kube, timeout=150)
         ips = serve_every_mode(kube, lab_plan, app)
-        rc, out, _ = helm("uninstall", "openelb", "--namespace", NS, "--wait", "--timeout", "120s")
+        rc, out, took = helm("uninstall", "openelb", "--namespace", NS, "--wait", "--timeout", "120s")
         assert rc == 0, out
+        print(f"helm uninstall --wait returned after {took:.1f} s")
         workloads.poll("the speakers and controllers gone", lambda: not openelb_processes(), 60)
         assert_nothing_left(kube, lab_plan, app, ips)
         # what Helm kept deletes without anyone's help: the objects, then the CRDs

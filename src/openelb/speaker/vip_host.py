@@ -6,7 +6,8 @@ added here carries `IFA_PROTO = MARKED_PROTO`: at start the speaker removes ever
 with that mark (a predecessor killed with SIGKILL leaves nothing behind once it restarts), and it
 never touches an address it did not add. Netlink writes and the gratuitous ARP / unsolicited NA
 that follow them run on a worker thread: a master taking over a thousand IPs never delays the
-VRRP thread's adverts.
+VRRP process's adverts. The writes go in batches, many messages per syscall (`protocols.rtnl`):
+one pyroute2 round trip per address made a 6,266-IP takeover take 10.9 s.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import os
 import queue
 import socket
 import struct
@@ -24,17 +26,18 @@ from collections.abc import Iterable
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from openelb.protocols import arp, ndp
-from openelb.speaker.hostnet import IFA_F_NODAD, MARKED_PROTO
+from openelb.protocols import arp, ndp, rtnl
+from openelb.speaker.hostnet import MARKED_PROTO
 from openelb.speaker.layer2 import ETH_P_ARP, mac_of
 
 log = logging.getLogger("openelb.speaker.vip")
-IFA_F_NOPREFIXROUTE = 0x200
-"""No prefix route for our /128s (the kernel adds one for IPv6 otherwise: a route event per IP)."""
 ANNOUNCE_AGAIN = (0.5, 2.0)
-CHUNK = 64
-"""Addresses written between two looks at the queue."""
 """Gratuitous announcements repeated after these seconds (switches that missed the first)."""
+CHUNK = 512
+"""Addresses written between two looks at the queue (a flap while they are written merges)."""
+PER_SEND = 256
+"""Netlink messages per send (~20 KB, well inside the socket buffers with their acks)."""
+ACK_TIMEOUT = 5.0
 
 Op = tuple[str, str, tuple[str, ...]]
 
@@ -42,6 +45,10 @@ Op = tuple[str, str, tuple[str, ...]]
 class VipAddresses:
     def __init__(self) -> None:
         self._ipr = IPRoute()
+        self._nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        self._nl.bind((0, 0))
+        self._nl.settimeout(ACK_TIMEOUT)
+        self._seq = 0
         self.held: dict[str, str] = {}
         """IP → the interface it is on (written by the worker; read for metrics and tests)."""
         self.errors = 0
@@ -69,8 +76,9 @@ class VipAddresses:
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=10)
-        for ip, ifname in list(self.held.items()):
-            self._address("del", ifname, ip)
+        self._write("del", [(ifname, ip) for ip, ifname in self.held.items()])
+        self.held.clear()
+        self._nl.close()
         for s in self._arp.values():
             s.close()
         if self._icmp6 is not None:
@@ -124,13 +132,21 @@ class VipAddresses:
                     return
                 self._merge(pending, item[1])
             gained: dict[str, list[str]] = {}
+            dels: list[tuple[str, str]] = []
+            adds: list[tuple[str, str]] = []
             for ip in list(pending)[:CHUNK]:
                 target = pending.pop(ip)
                 held = self.held.get(ip)
                 if held is not None and held != target:
-                    self._address("del", held, ip)
-                    del self.held[ip]
-                if target is not None and held != target and self._address("replace", target, ip):
+                    dels.append((held, ip))
+                if target is not None and held != target:
+                    adds.append((target, ip))
+            self._write("del", dels)
+            for _ifname, ip in dels:
+                del self.held[ip]
+            done = self._write("replace", adds)
+            for target, ip in adds:
+                if ip in done:
                     self.held[ip] = target
                     gained.setdefault(target, []).append(ip)
             now = time.monotonic()
@@ -151,27 +167,43 @@ class VipAddresses:
                 pending.pop(ip, None)
                 pending[ip] = None
 
-    def _address(self, op: str, ifname: str, ip: str) -> bool:
-        v6 = ":" in ip
-        try:
-            index = socket.if_nametoindex(ifname)
-            kw: dict[str, object] = {"index": index, "address": ip, "prefixlen": 128 if v6 else 32}
-            if op != "del":
-                kw["proto"] = MARKED_PROTO
-                if v6:
-                    kw["flags"] = IFA_F_NODAD | IFA_F_NOPREFIXROUTE
-            self._ipr.addr(op, **kw)
-            self.writes += 1
-            return True
-        except NetlinkError as exc:
-            if op == "del" and exc.code == 99:  # EADDRNOTAVAIL: already gone
-                return True
-            self.errors += 1
-            log.warning("cannot %s %s on %s: %s", op, ip, ifname, exc)
-        except OSError as exc:
-            self.errors += 1
-            log.warning("cannot %s %s on %s: %s", op, ip, ifname, exc)
-        return False
+    def _write(self, op: str, items: list[tuple[str, str]]) -> set[str]:
+        """Add ("replace") or remove ("del") (interface, IP) pairs, `PER_SEND` messages per
+        syscall; returns the IPs done (a delete of an address already gone counts as done)."""
+        done: set[str] = set()
+        indexes: dict[str, int] = {}
+        for start in range(0, len(items), PER_SEND):
+            by_seq: dict[int, str] = {}
+            msgs = []
+            for ifname, ip in items[start : start + PER_SEND]:
+                try:
+                    index = indexes.get(ifname) or indexes.setdefault(ifname, socket.if_nametoindex(ifname))
+                except OSError as exc:
+                    self.errors += 1
+                    log.warning("cannot %s %s on %s: %s", op, ip, ifname, exc)
+                    continue
+                self._seq = self._seq % 0x7FFFFFFF + 1
+                by_seq[self._seq] = ip
+                msgs.append(rtnl.address_message(op, index, ip, self._seq, MARKED_PROTO))
+            if not msgs:
+                continue
+            try:
+                self._nl.send(b"".join(msgs))
+                while by_seq:
+                    for seq, errno in rtnl.acks(self._nl.recv(65536)):
+                        ip = by_seq.pop(seq, "")
+                        if not ip:
+                            continue
+                        if errno == 0 or (op == "del" and errno == 99):  # EADDRNOTAVAIL: already gone
+                            done.add(ip)
+                        else:
+                            self.errors += 1
+                            log.warning("cannot %s %s: %s", op, ip, os.strerror(errno))
+            except OSError as exc:  # a timeout too: the rest of this batch counts as failed
+                self.errors += len(by_seq)
+                log.warning("netlink %s of %d addresses failed: %s", op, len(by_seq), exc)
+            self.writes += len(msgs)
+        return done
 
     def _announce(self, ifname: str, ips: tuple[str, ...]) -> None:
         """Gratuitous ARP (request and reply) per IPv4 address, an unsolicited override NA per
