@@ -302,17 +302,9 @@ class IpamController:
                 raise  # 404: the Service is gone; its DELETED event releases whatever it held
 
     async def _patch_service(self, svc: Service, patch: dict[str, Any]) -> None:
-        """Strategic merge patch of the Service itself (its metadata: labels and finalizers)."""
+        """The Service itself (its metadata: labels, finalizers)."""
         assert svc.metadata is not None
-        try:
-            out = await self.client.patch(
-                Service, svc.metadata.name or "", patch, namespace=svc.metadata.namespace or "default",
-                patch_type=PatchType.STRATEGIC,
-            )  # fmt: skip
-            self.services.remember(out)
-        except ApiError as exc:
-            if exc.status.code != 404:
-                raise
+        await self.services.patch(svc.metadata.name or "", patch, namespace=svc.metadata.namespace or "default")
 
     async def _release(self, key: str, svc: Service) -> None:
         gone = self.alloc.release(key)

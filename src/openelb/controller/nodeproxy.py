@@ -318,18 +318,9 @@ class NodeProxyController:
                 raise
 
     async def _patch_service(self, svc: Service, patch: dict[str, Any]) -> None:
-        """Strategic merge: finalizers are added to / deleted from the list, never replaced (the
-        IPAM reconciler and others keep theirs)."""
+        """Strategic merge: finalizers are deleted from the list, never replaced (others keep theirs)."""
         assert svc.metadata is not None
-        try:
-            out = await self.client.patch(
-                Service, svc.metadata.name or "", patch, namespace=svc.metadata.namespace,
-                patch_type=PatchType.STRATEGIC,
-            )  # fmt: skip
-            self.services.remember(out)
-        except ApiError as exc:
-            if exc.status.code != 404:
-                raise
+        await self.services.patch(svc.metadata.name or "", patch, namespace=svc.metadata.namespace)
 
     async def _apply(self, kind: type[Deployment] | type[DaemonSet], body: dict[str, Any]) -> None:
         obj: Any = kind.from_dict(body)

@@ -18,6 +18,7 @@ from typing import Any, Generic, TypeVar
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 from lightkube.core.resource import NamespacedResource
+from lightkube.types import PatchType
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +166,19 @@ class Informer(Generic[T]):
         held = self.store.get(key)
         if held is not None and _newer(obj, held):
             self.store[key] = self._slim(obj)
+
+    async def patch(self, name: str, body: dict[str, Any], *, namespace: str | None = None) -> None:
+        """A strategic merge patch of one object of this kind (lists such as finalizers are merged,
+        never replaced), its result remembered; an object already gone (404) is no error: its
+        DELETED event is on its way."""
+        try:
+            res: Any = self.resource  # lightkube types `patch` per resource kind; ours is generic
+            out = await self.client.patch(res, name, body, namespace=namespace, patch_type=PatchType.STRATEGIC)
+        except ApiError as exc:
+            if exc.status.code != 404:
+                raise
+            return
+        self.remember(out)
 
     def _slim(self, obj: T) -> T:
         return self.transform(obj) if self.transform is not None else obj

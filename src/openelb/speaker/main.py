@@ -519,7 +519,7 @@ class Speaker:
                 ds = await self.client.get(DaemonSet, self.opts.daemonset, namespace=self.opts.namespace)
         except ApiError as exc:
             gone = exc.status.code in (401, 403, 404)
-        except Exception:
+        except Exception:  # the apiserver away or slow: a restart is as likely as anything
             return False
         else:
             gone = ds.metadata is not None and ds.metadata.deletionTimestamp is not None
