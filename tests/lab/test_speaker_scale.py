@@ -125,7 +125,7 @@ def test_thousands_of_layer2_services_at_rest(
 ) -> None:
     kc = Paths(lab.state_dir()).kubeconfig("admin")
     workloads.apply(kube, eip("rest", POOL, protocol="layer2", interface="eth0"))
-    workloads.ensure_namespace(kube, NS)
+    workloads.ensure_namespace(kube, NS, for_pods=False)  # Services without Pods
     try:
         t0 = time.monotonic()
         asyncio.run(create_services(kc, SERVICES))

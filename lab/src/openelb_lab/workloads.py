@@ -71,10 +71,13 @@ def apply(client: Client, *docs: dict[str, Any], field_manager: str = "openelb-l
         client.apply(codecs.from_dict(doc), field_manager=field_manager, force=True)
 
 
-def ensure_namespace(client: Client, name: str, timeout: float = 60) -> None:
-    """Create a namespace and wait for its `default` ServiceAccount (pods need it to be admitted)."""
+def ensure_namespace(client: Client, name: str, timeout: float = 60, *, for_pods: bool = True) -> None:
+    """Create a namespace and wait for its `default` ServiceAccount (pods need it to be admitted;
+    `for_pods=False`: Services only, no need to wait for the controller-manager, which can take
+    a minute to notice new namespaces after the apiserver-outage tests restarted its apiserver)."""
     apply(client, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    poll(f"ServiceAccount {name}/default", lambda: client.get(ServiceAccount, "default", namespace=name), timeout)
+    if for_pods:
+        poll(f"ServiceAccount {name}/default", lambda: client.get(ServiceAccount, "default", namespace=name), timeout)
 
 
 def delete_namespace(client: Client, name: str) -> None:
