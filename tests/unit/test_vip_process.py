@@ -69,3 +69,20 @@ def test_it_ends_when_its_speaker_is_killed(tmp_path: Path) -> None:
         assert not _alive(child), "the VRRP process outlived its speaker"
     finally:
         speaker.kill()
+
+
+def test_a_dead_vrrp_process_is_started_again() -> None:
+    async def scenario() -> None:
+        vip = VipProcess(asyncio.get_running_loop(), lambda *a: None, None)
+        vip.start()
+        await asyncio.wait_for(vip.talking.wait(), 10)
+        assert vip._proc is not None
+        first = vip._proc.pid
+        vip.talking.clear()
+        os.kill(first, signal.SIGKILL)
+        await asyncio.wait_for(vip.talking.wait(), 15)  # a new one reports
+        assert vip.restarts == 1 and vip._proc.pid != first and _alive(vip._proc.pid)
+        await asyncio.get_running_loop().run_in_executor(None, vip.close)
+        assert not _alive(vip._proc.pid)
+
+    asyncio.run(scenario())
