@@ -31,7 +31,9 @@ KEY=$( { git ls-files -s src pyproject.toml uv.lock README.md tools/image; git d
   sha256sum | cut -c1-16)
 OUT="$CACHE/image-$KEY"
 if [[ -f "$OUT/oci/index.json" ]]; then say "cached: $OUT/oci:$TAG"; echo "$OUT/oci"; exit 0; fi
-EPOCH=$(git log -1 --format=%ct 2>/dev/null || echo 0)
+# The timestamps: the last commit of those inputs (not of the repository: a commit of docs or tests
+# alone would change every timestamp, and so the digest, under the same cache key).
+EPOCH=$(git log -1 --format=%ct -- src pyproject.toml uv.lock README.md tools/image 2>/dev/null || echo 0)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/openelb-image.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 
