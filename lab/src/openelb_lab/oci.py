@@ -73,27 +73,17 @@ def base_spec(bundle: Path) -> dict[str, Any]:
     return json.loads((bundle / "config.json").read_text())  # type: ignore[no-any-return]
 
 
-def _user_gid(rootfs: Path, uid: int) -> int:
-    """The primary group of `uid` in the image's /etc/passwd (containerd's choice without runAsGroup)."""
-    try:
-        for line in (rootfs / "etc" / "passwd").read_text().splitlines():
-            parts = line.split(":")
-            if len(parts) > 3 and parts[2] == str(uid):
-                return int(parts[3])
-    except (OSError, ValueError):
-        pass
-    return 0 if uid == 0 else uid
-
-
-def _home(rootfs: Path, uid: int) -> str:
+def _passwd(rootfs: Path, uid: int) -> tuple[int, str]:
+    """(primary group, home) of `uid` in the image's /etc/passwd: containerd's choice without
+    runAsGroup, and the HOME it sets."""
     try:
         for line in (rootfs / "etc" / "passwd").read_text().splitlines():
             parts = line.split(":")
             if len(parts) > 5 and parts[2] == str(uid):
-                return parts[5]
-    except OSError:
+                return int(parts[3]), parts[5]
+    except (OSError, ValueError):
         pass
-    return "/"
+    return (0 if uid == 0 else uid), "/"
 
 
 def _bind(source: str, destination: str) -> dict[str, Any]:
@@ -120,10 +110,11 @@ def runtime_spec(
         nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     spec: dict[str, Any] = json.loads(json.dumps(base))
     uid = run.user or 0
-    gid = run.group if run.group is not None else _user_gid(rootfs, uid)
+    group, home = _passwd(rootfs, uid)
+    gid = run.group if run.group is not None else group
     env = dict(e.split("=", 1) for e in base["process"].get("env", []) if "=" in e)
     env.pop("TERM", None)  # no terminal
-    env["HOME"] = _home(rootfs, uid)
+    env["HOME"] = home
     env.update(run.env)
     caps = sorted(f"CAP_{c.upper()}" for c in (DEFAULT_CAPS if run.caps is None else run.caps))
     spec["process"] = {
